@@ -1,0 +1,13 @@
+"""rayjac: forward-mode Jacobians of stateful JAX functions, in process or over Ray workers."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._jacobian import JacFwd as JacFwd
+from ._jacobian import jacfwd as jacfwd
+from ._problem import Problem as Problem
+from ._variables import Variable as Variable
+
+try:
+    __version__ = version("rayjac")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,114 @@
+"""The tangent basis (the flat differentiated input and column ranges over it) and the layout
+that turns rows of J^T back into the Jacobian structure that ``jacfwd`` returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_NONE_TREE = jax.tree_util.tree_structure(None)
+
+
+@dataclasses.dataclass(frozen=True)
+class TangentBasis:
+    """Standard basis of the flat input: column ``j`` is a one-hot tangent of one input leaf.
+
+    The identity is never materialised: ``one_hot(cols)`` builds the tangents of a few columns.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]
+
+    @classmethod
+    def from_leaves(cls, leaves: Sequence[Any]) -> TangentBasis:
+        return cls(tuple(tuple(np.shape(x)) for x in leaves),
+                   tuple(np.dtype(x.dtype) for x in leaves))
+
+    @functools.cached_property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @functools.cached_property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
+
+    @property
+    def n(self) -> int:
+        return sum(self.sizes)
+
+    def split(self, shards: int) -> list[tuple[int, int]]:
+        """Contiguous, balanced column ranges; never more ranges than columns."""
+        k = max(1, min(shards, self.n))
+        bounds = [self.n * i // k for i in range(k + 1)]
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def one_hot(self, cols: jax.Array) -> list[jax.Array]:
+        """The tangents of columns ``cols``: one array ``(len(cols), *shape)`` per leaf."""
+        return [jax.nn.one_hot(cols - off, size, dtype=dtype).reshape(cols.shape + shape)
+                for off, size, shape, dtype in zip(self.offsets, self.sizes, self.shapes,
+                                                   self.dtypes)]
+
+
+def chunking(length: int, chunk_size: int | None) -> tuple[int, int]:
+    """(number of chunks, columns per chunk): balanced, so the last chunk overlaps the one
+    before it by less than one chunk instead of being padded."""
+    if not chunk_size or chunk_size >= length:
+        return 1, length
+    count = -(-length // chunk_size)
+    return count, -(-length // count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each Jacobian block lives: input leaves (the basis), input and output trees.
+
+    ``in_tree`` is the structure of ``(var_part, arg_part)``, either of which may be ``None``.
+    """
+
+    basis: TangentBasis
+    in_tree: Any
+    out_tree: Any
+    out_shapes: tuple[tuple[int, ...], ...]
+    out_dtypes: tuple[np.dtype, ...]
+
+    @property
+    def has_vars(self) -> bool:
+        return self.in_tree.children()[0] != _NONE_TREE
+
+    @property
+    def has_args(self) -> bool:
+        return self.in_tree.children()[1] != _NONE_TREE
+
+    def assemble(self, rows: Sequence[Any], xp=np) -> Any:
+        """Rows of J^T (one ``(n, *out_shape)`` array per output leaf) -> ``var_jac``,
+        ``arg_jac`` or ``(var_jac, arg_jac)``, output-first as ``jax.jacfwd`` nests them."""
+        per_output = [jax.tree_util.tree_unflatten(self.in_tree, self._blocks(r, xp))
+                      for r in rows]
+        var_jac = jax.tree_util.tree_unflatten(self.out_tree, [p[0] for p in per_output])
+        arg_jac = jax.tree_util.tree_unflatten(self.out_tree, [p[1] for p in per_output])
+        if not self.has_args:
+            return var_jac
+        if not self.has_vars:
+            return arg_jac
+        return var_jac, arg_jac
+
+    def _blocks(self, rows: Any, xp) -> list[Any]:
+        out_shape = tuple(rows.shape[1:])
+        blocks = []
+        for off, size, shape in zip(self.basis.offsets, self.basis.sizes, self.basis.shapes):
+            block = rows[off:off + size].reshape(shape + out_shape)
+            perm = tuple(range(len(shape), len(shape) + len(out_shape))) + tuple(range(len(shape)))
+            blocks.append(xp.transpose(block, perm))
+        return blocks
+
+
+def zeros_rows(layout: Layout, xp=jnp) -> list[Any]:
+    """Empty J^T rows, e.g. for a function with no differentiated input."""
+    return [xp.zeros((layout.basis.n,) + s, d) for s, d in zip(layout.out_shapes,
+                                                                layout.out_dtypes)]

@@ -1,0 +1,267 @@
+"""``rayjac.jacfwd``: checks at the boundary, one traced program per call signature, the
+return table of ``brainpy.math.jacfwd``, and the in-process and streaming paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._basis import Layout, TangentBasis
+from ._program import TangentProgram
+from ._variables import StateTrace, Variable
+
+_is_var = lambda x: isinstance(x, Variable)  # noqa: E731
+
+
+@dataclasses.dataclass
+class JacStream:
+    """A call's Jacobian as J^T row shards: ``(start column, rows per output leaf)``, in any
+    order, plus the primal value and aux (numpy leaves; ``None`` when not requested)."""
+
+    layout: Layout
+    value: Any
+    aux: Any
+    shards: Iterator[tuple[int, list[np.ndarray]]]
+
+
+def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] | None = None,
+           has_aux: bool | None = None, return_value: bool = False, holomorphic: bool = False,
+           dyn_vars: Any = None, child_objs: Any = None, *, shards: int | None = None,
+           chunk_size: int | None = None) -> JacFwd:
+    """Forward-mode Jacobian of ``func``, with the semantics of ``brainpy.math.jacfwd``.
+
+    Args:
+      func: the function; it may read and write ``rayjac.Variable`` objects it closes over.
+      grad_vars: a Variable, or a list, tuple or dict of Variables, to differentiate.
+      argnums: positional argument(s) to differentiate (default ``0`` without ``grad_vars``).
+      has_aux: ``func`` returns ``(output, aux)``.
+      return_value: also return the output of ``func``.
+      holomorphic: ``func`` is holomorphic in complex inputs.
+      dyn_vars: deprecated and ignored (Variables are found automatically).
+      child_objs: deprecated and ignored.
+      shards: ``None`` runs in this process; ``k`` splits the tangent columns into ``k`` shards
+        computed by Ray workers.
+      chunk_size: push at most this many tangent columns through ``func`` at a time.
+
+    Returns:
+      A callable with ``func``'s signature returning, per the return table of the README,
+      ``jac``, ``(jac, aux)``, ``(jac, value)`` or ``(jac, value, aux)``.
+
+    Example:
+      >>> import jax.numpy as jnp, rayjac
+      >>> rayjac.jacfwd(lambda x: x ** 2)(jnp.arange(3.0))
+      Array([[0., 0., 0.],
+             [0., 2., 0.],
+             [0., 0., 4.]], dtype=float32)
+    """
+    for name, given in (("dyn_vars", dyn_vars), ("child_objs", child_objs)):
+        if given is not None:
+            warnings.warn(f"rayjac.jacfwd: `{name}` is deprecated and ignored; the Variables "
+                          "func uses are collected automatically.", DeprecationWarning, 2)
+    if not callable(func):
+        raise TypeError(f"jacfwd expects a callable func, got {type(func).__name__}.")
+    _check_grad_vars(grad_vars)
+    _check_positive("shards", shards)
+    _check_positive("chunk_size", chunk_size)
+    if argnums is None and grad_vars is None:
+        argnums = 0
+    return JacFwd(func, grad_vars, argnums, bool(has_aux), bool(return_value),
+                  bool(holomorphic), shards, chunk_size)
+
+
+def _check_grad_vars(grad_vars: Any) -> None:
+    if grad_vars is None:
+        return
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grad_vars, is_leaf=_is_var):
+        if not isinstance(leaf, Variable):
+            where = "grad_vars" + jax.tree_util.keystr(path)
+            raise TypeError(f"{where} must be a rayjac.Variable, but received "
+                            f"{type(leaf).__name__}: {leaf!r:.80}. Wrap state in "
+                            "rayjac.Variable and pass the Variable objects as grad_vars.")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                              or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+
+
+def _check_argnums(argnums: Any, num_args: int) -> tuple[int, ...]:
+    indices = (argnums,) if isinstance(argnums, (int, np.integer)) else tuple(argnums)
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < num_args:
+            raise ValueError(
+                f"argnums={argnums!r}: index {i!r} is not valid for a call with {num_args} "
+                f"positional argument(s); use non-negative ints below {num_args}.")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"argnums={argnums!r} names an argument twice; each of the call's "
+                         f"{num_args} positional argument(s) may appear once.")
+    return tuple(int(i) for i in indices)
+
+
+def _check_input_dtype(holomorphic: bool, x: Any) -> None:
+    dtype = np.dtype(x.dtype)
+    if holomorphic and not jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError("jacfwd with holomorphic=True requires inputs with complex dtype, "
+                        f"but got {dtype.name}.")
+    if not holomorphic and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError("jacfwd requires real-valued inputs (input dtype that is a sub-dtype "
+                        f"of np.floating), but got {dtype.name}. For holomorphic "
+                        "differentiation, pass holomorphic=True. For differentiation of "
+                        "non-holomorphic functions involving complex inputs or integer inputs, "
+                        "use jax.jvp directly.")
+
+
+def _check_output_dtype(holomorphic: bool, dtype: np.dtype) -> None:
+    if holomorphic and not jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError("jacfwd with holomorphic=True requires outputs with complex dtype, "
+                        f"but got {np.dtype(dtype).name}.")
+
+
+def _is_dynamic(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _as_array(x: Any) -> Any:
+    return x if hasattr(x, "dtype") and hasattr(x, "shape") else jnp.asarray(x)
+
+
+def _static_key(x: Any) -> Any:
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        return ("id", id(x))
+
+
+class JacFwd:
+    """The transformed function returned by ``rayjac.jacfwd``."""
+
+    def __init__(self, func, grad_vars, argnums, has_aux, return_value, holomorphic, shards,
+                 chunk_size):
+        self.func, self.grad_vars, self.argnums = func, grad_vars, argnums
+        self.has_aux, self.return_value, self.holomorphic = has_aux, return_value, holomorphic
+        self.shards, self.chunk_size = shards, chunk_size
+        self._var_list = tuple(jax.tree_util.tree_leaves(grad_vars, is_leaf=_is_var))
+        self._programs: dict[Any, TangentProgram] = {}
+
+    def __call__(self, *args, **kwargs):
+        if self.shards is not None:
+            return self._call_sharded(args, kwargs)
+        program, diff, const, state = self._prepare(args, kwargs)
+        jac, out, aux, written = program.full_jit(diff, const, state)
+        _apply_writes(program, written)
+        return self._format(jac, out, aux)
+
+    def stream(self, args: tuple, kwargs: dict | None = None, *, workers: Any = None
+               ) -> JacStream:
+        """The Jacobian as shards of J^T rows (written to storage as they arrive).
+
+        The primal (value, aux, Variable writes) is computed once, here, before any shard.
+        """
+        program, diff, const, state = self._prepare(tuple(args), dict(kwargs or {}))
+        out, aux, written = program.primal_jit(diff, const, state)
+        _apply_writes(program, written)
+        if self.shards is None:
+            shards = _local_shards(program, diff, const, state)
+        else:
+            from ._engine import run_shards  # the only module that imports ray
+            shards = run_shards(program, diff, const, state, self.shards, workers)
+        to_numpy = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
+        return JacStream(program.layout, to_numpy(out) if self.return_value else None,
+                         to_numpy(aux) if self.has_aux else None, shards)
+
+    def _call_sharded(self, args: tuple, kwargs: dict):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+            raise TypeError("rayjac.jacfwd(..., shards=k) cannot run inside jax.jit, vmap or "
+                            "another transform: the distributed path is an outermost call. Use "
+                            "shards=None inside transforms.")
+        stream = self.stream(args, kwargs)
+        rows = [np.empty((stream.layout.basis.n,) + s, d)
+                for s, d in zip(stream.layout.out_shapes, stream.layout.out_dtypes)]
+        for start, shard in stream.shards:
+            for dst, src in zip(rows, shard):
+                dst[start:start + len(src)] = src
+        jac = jax.tree_util.tree_map(jnp.asarray, stream.layout.assemble(rows, xp=np))
+        return self._format(jac, stream.value, stream.aux)
+
+    def _format(self, jac, out, aux):
+        if self.return_value and self.has_aux:
+            return jac, out, aux
+        if self.return_value:
+            return jac, out
+        if self.has_aux:
+            return jac, aux
+        return jac
+
+    def _prepare(self, args: tuple, kwargs: dict):
+        """Checks, the flat inputs of this call, and its (cached) program."""
+        for leaf in jax.tree_util.tree_leaves((args, kwargs), is_leaf=_is_var):
+            if isinstance(leaf, Variable):
+                raise TypeError("A rayjac.Variable was passed as an argument of the function; "
+                                "close over it instead (read it inside func) and list it in "
+                                "grad_vars to differentiate it.")
+        argnums = () if self.argnums is None else _check_argnums(self.argnums, len(args))
+        var_part = None if self.grad_vars is None else jax.tree_util.tree_map(
+            lambda v: v.value, self.grad_vars, is_leaf=_is_var)
+        arg_part = None
+        if argnums:
+            arg_part = args[argnums[0]] if isinstance(self.argnums, (int, np.integer)) \
+                else tuple(args[i] for i in argnums)
+        diff, in_tree = jax.tree_util.tree_flatten((var_part, arg_part))
+        diff = [_as_array(x) for x in diff]
+        for x in diff:
+            _check_input_dtype(self.holomorphic, x)
+        rest = tuple(None if i in argnums else a for i, a in enumerate(args))
+        leaves, const_tree = jax.tree_util.tree_flatten((rest, kwargs))
+        mask = tuple(_is_dynamic(x) for x in leaves)
+        const = [x for x, dyn in zip(leaves, mask) if dyn]
+        static = tuple(x for x, dyn in zip(leaves, mask) if not dyn)
+        key = (in_tree, const_tree, mask, tuple(_static_key(x) for x in static),
+               tuple((x.shape, x.dtype) for x in diff + const), len(args))
+        program = self._programs.get(key)
+        if program is None:
+            program = self._trace(TangentProgram(
+                self.func, self._var_list, argnums, len(args), self.has_aux, in_tree,
+                const_tree, static, mask, chunk_size=self.chunk_size), diff, const)
+            self._programs[key] = program
+        state = [v.value for v in program.other_vars]
+        return program, diff, const, state
+
+    def _trace(self, program: TangentProgram, diff: list, const: list) -> TangentProgram:
+        """Finds the Variables ``func`` touches and the shapes of its outputs (abstractly)."""
+        record = StateTrace()
+        abstract = lambda xs: [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs]  # noqa
+        out, _, _ = jax.eval_shape(lambda d, c: program.pure(d, c, [], record),
+                                   abstract(diff), abstract(const))
+        out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+        for leaf in out_leaves:
+            _check_output_dtype(self.holomorphic, leaf.dtype)
+        touched = set(program.grad_vars)
+        layout = Layout(TangentBasis.from_leaves(diff), program.in_tree, out_tree,
+                        tuple(tuple(x.shape) for x in out_leaves),
+                        tuple(np.dtype(x.dtype) for x in out_leaves))
+        return dataclasses.replace(
+            program, other_vars=tuple(v for v in record.touched if v not in touched),
+            written=tuple(record.written), layout=layout)
+
+
+def _apply_writes(program: TangentProgram, written: list) -> None:
+    """Each written Variable takes its new primal value, once per call."""
+    for var, new in zip(program.written, written):
+        var.value = new
+
+
+def _local_shards(program: TangentProgram, diff, const, state):
+    """In-process shards: one per ``chunk_size`` columns (all columns when it is None)."""
+    n = program.layout.basis.n
+    step = program.chunk_size or n
+    for start in range(0, n, step):
+        length = min(step, n - start)
+        rows = program.rows_jit(diff, const, state, start, length=length)
+        yield start, [np.asarray(r) for r in rows]

@@ -1,0 +1,199 @@
+"""Stateful variables and the traces that collect them while a function runs."""
+
+from __future__ import annotations
+
+import operator
+import threading
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_local = threading.local()
+
+
+def _trace_stack() -> list[StateTrace]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+@jax.tree_util.register_pytree_node_class
+class Variable:
+    """A mutable JAX array that ``rayjac.jacfwd`` finds and differentiates automatically.
+
+    Read it with ``.value``; assigning ``.value`` replaces it, keeping its shape and dtype.
+    It behaves like an array in arithmetic and in ``jax.numpy`` functions.
+
+    Example:
+        >>> import jax.numpy as jnp, rayjac
+        >>> v = rayjac.Variable(jnp.ones(3))
+        >>> v.value = 2 * v.value
+        >>> float(jnp.sum(jnp.sin(v) * v))
+        5.455...
+    """
+
+    __array_priority__ = 100
+
+    def __init__(self, value: Any):
+        if isinstance(value, Variable):
+            value = value.value
+        self._value = jnp.asarray(value)
+
+    @property
+    def value(self) -> jax.Array:
+        stack = _trace_stack()
+        return stack[-1].read(self) if stack else self._value
+
+    @value.setter
+    def value(self, new: Any) -> None:
+        if isinstance(new, Variable):
+            new = new.value
+        new = new if isinstance(new, jax.Array) else jnp.asarray(new)
+        _check_same_type(self, new)
+        stack = _trace_stack()
+        if stack:
+            stack[-1].write(self, new)
+        else:
+            self._value = new
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._value.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._value.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._value.ndim
+
+    @property
+    def size(self) -> int:
+        return self._value.size
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __repr__(self) -> str:
+        return f"Variable(value={self._value!r})"
+
+    def __jax_array__(self) -> jax.Array:
+        return self.value
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.value, dtype=dtype)
+
+    def __getitem__(self, index):
+        return self.value[index]
+
+    def __iter__(self) -> Iterator:
+        return iter(self.value)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    # Identity, not elementwise equality, so Variables can key dicts and sets.
+    __hash__ = object.__hash__
+
+    def __eq__(self, other):
+        return self.value == _unwrap(other)
+
+    def __ne__(self, other):
+        return self.value != _unwrap(other)
+
+    def tree_flatten(self):
+        return (self.value,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        # A detached array-like node (as BrainPy's Array); it is not the original Variable.
+        var = object.__new__(cls)
+        var._value = children[0]
+        return var
+
+    def __getstate__(self) -> dict:
+        return {"_value": np.asarray(self._value)}
+
+    def __setstate__(self, state: dict) -> None:
+        self._value = jnp.asarray(state["_value"])
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.value, name)
+
+
+def _unwrap(x: Any) -> Any:
+    return x.value if isinstance(x, Variable) else x
+
+
+def _binary(op, reflected: bool = False):
+    if reflected:
+        return lambda self, other: op(_unwrap(other), self.value)
+    return lambda self, other: op(self.value, _unwrap(other))
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+              "and", "or", "xor", "lshift", "rshift"):
+    _op = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
+    setattr(Variable, f"__{_name}__", _binary(_op))
+    setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
+for _name in ("lt", "le", "gt", "ge"):
+    setattr(Variable, f"__{_name}__", _binary(getattr(operator, _name)))
+for _name in ("neg", "pos", "abs", "invert"):
+    setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.value))(getattr(operator, _name)))
+Variable.T = property(lambda self: self.value.T)
+
+
+def _check_same_type(var: Variable, new: Any) -> None:
+    old = var._value
+    if tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype:
+        raise ValueError(
+            f"Cannot assign a value of shape {tuple(new.shape)} and dtype {new.dtype} to a "
+            f"Variable of shape {tuple(old.shape)} and dtype {old.dtype}: a Variable keeps its "
+            f"shape and dtype. Cast or reshape the new value first (e.g. "
+            f"`.astype({old.dtype})`); the old value is kept.")
+
+
+class StateTrace:
+    """Values of Variables within one functional call: reads are recorded, writes kept local.
+
+    Each Variable read for the first time takes its value from the enclosing trace (or its own
+    value when there is none), so nested transforms see the tracers of outer ones.
+    """
+
+    def __init__(self, values: dict[Variable, Any] | None = None):
+        self.values: dict[Variable, Any] = dict(values or {})
+        self.touched: dict[Variable, None] = dict.fromkeys(self.values)
+        self.written: dict[Variable, None] = {}
+
+    def read(self, var: Variable) -> Any:
+        if var not in self.values:
+            stack = _trace_stack()
+            index = stack.index(self)
+            self.values[var] = stack[index - 1].read(var) if index > 0 else var._value
+            self.touched[var] = None
+        return self.values[var]
+
+    def write(self, var: Variable, new: Any) -> None:
+        self.touched.setdefault(var, None)
+        self.values[var] = new
+        self.written[var] = None
+
+    def __enter__(self) -> StateTrace:
+        _trace_stack().append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        popped = _trace_stack().pop()
+        if popped is not self:
+            raise RuntimeError("rayjac state traces were exited out of order")
