@@ -92,7 +92,7 @@ def _check_positive(name: str, value: Any) -> None:
 
 
 def _check_argnums(argnums: Any, num_args: int) -> tuple[int, ...]:
-    indices = (argnums,) if isinstance(argnums, (int, np.integer)) else tuple(argnums)
+    indices = tuple(argnums) if isinstance(argnums, (tuple, list)) else (argnums,)
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < num_args:
             raise ValueError(
@@ -209,10 +209,10 @@ class JacFwd:
         argnums = () if self.argnums is None else _check_argnums(self.argnums, len(args))
         var_part = None if self.grad_vars is None else jax.tree_util.tree_map(
             lambda v: v.value, self.grad_vars, is_leaf=_is_var)
+        single = isinstance(self.argnums, (int, np.integer))
         arg_part = None
         if argnums:
-            arg_part = args[argnums[0]] if isinstance(self.argnums, (int, np.integer)) \
-                else tuple(args[i] for i in argnums)
+            arg_part = args[argnums[0]] if single else tuple(args[i] for i in argnums)
         diff, in_tree = jax.tree_util.tree_flatten((var_part, arg_part))
         diff = [_as_array(x) for x in diff]
         for x in diff:
@@ -227,7 +227,7 @@ class JacFwd:
         program = self._programs.get(key)
         if program is None:
             program = self._trace(TangentProgram(
-                self.func, self._var_list, argnums, len(args), self.has_aux, in_tree,
+                self.func, self._var_list, argnums, single, self.has_aux, in_tree,
                 const_tree, static, mask, chunk_size=self.chunk_size), diff, const)
             self._programs[key] = program
         state = [v.value for v in program.other_vars]

@@ -62,7 +62,7 @@ class TangentProgram:
     func: Callable
     grad_vars: tuple[Variable, ...]
     argnums: tuple[int, ...]
-    num_args: int
+    single_arg: bool
     has_aux: bool
     in_tree: Any
     const_tree: Any
@@ -91,7 +91,7 @@ class TangentProgram:
         const_iter, static_iter = iter(const), iter(self.static_leaves)
         leaves = [next(const_iter) if dyn else next(static_iter) for dyn in self.const_mask]
         args, kwargs = jax.tree_util.tree_unflatten(self.const_tree, leaves)
-        diff_args = (arg_part,) if len(self.argnums) == 1 else arg_part
+        diff_args = (arg_part,) if self.single_arg else arg_part
         args = list(args)
         for i, a in zip(self.argnums, diff_args or ()):
             args[i] = a

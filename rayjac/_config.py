@@ -1,0 +1,406 @@
+"""YAML job configs: strict, frozen models, ``--set`` overrides and sweep expansion."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Sequence
+
+import hashlib
+import itertools
+import json
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+_PROBLEM = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_SWEEPABLE = ("problem", "params", "jacfwd", "execution")
+_SECTIONS = ("params", "jacfwd", "execution", "output")
+# YAML 1.1 reads 1e-3 and 1.0e3 as strings; YAML 1.2 (and JSON) read them as floats.
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 exponent floats and an error on duplicate keys."""
+
+    yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen and key_node.tag != "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key))
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+class ConfigError(ValueError):
+    """A config is invalid; the message lists every problem, one per line.
+
+    Example:
+        >>> err = ConfigError(["execution.shards: expected a positive integer or null, got 0"])
+        >>> err.problems
+        ['execution.shards: expected a positive integer or null, got 0']
+    """
+
+    def __init__(self, problems: Sequence[str], source: str = "config"):
+        self.problems = list(problems)
+        self.source = source
+        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) > 1 else "")
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid {source} ({count}):\n{lines}")
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise ValueError(f"{name!r} is not a valid run name: use only letters, digits, '-', '_' "
+                         "and '.' (no path separators, no '..', no leading '.')")
+    return name
+
+
+def _check_problem(ref: str) -> str:
+    if not _PROBLEM.match(ref):
+        raise ValueError(f"expected 'module:function' (e.g. 'jobs.lorenz96:make'), got {ref!r}")
+    return ref
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class JacfwdConfig(_Section):
+    """The options of ``rayjac.jacfwd`` (``grad_vars`` names keys of ``Problem.variables``)."""
+
+    grad_vars: str | list[str] | None = Field(None, description="a variable name, a list of "
+                                              "names, or null")
+    argnums: NonNegativeInt | list[NonNegativeInt] | None = Field(
+        None, description="a non-negative int, a list of them, or null")
+    has_aux: bool = Field(False, description="true or false")
+    return_value: bool = Field(False, description="true or false")
+    holomorphic: bool = Field(False, description="true or false")
+
+
+class ExecutionConfig(_Section):
+    """Where the Jacobian is computed: in-process (``shards: null``) or on Ray workers."""
+
+    shards: PositiveInt | None = Field(None, description="a positive integer or null")
+    chunk_size: PositiveInt | None = Field(None, description="a positive integer or null")
+    num_cpus: NonNegativeFloat = Field(1.0, description="a non-negative number")
+    num_gpus: NonNegativeFloat = Field(0.0, description="a non-negative number")
+    address: str | None = Field(None, description="null, 'auto' or 'ray://host:port'")
+
+
+class OutputConfig(_Section):
+    """Where the result goes: a folder (or ``pyarrow.fs`` URI), its format, overwrite policy."""
+
+    path: str = Field(description="a folder path or URI (default: results/<name>)")
+    format: Literal["arrow", "parquet"] = Field("arrow", description="'arrow' or 'parquet'")
+    overwrite: bool = Field(False, description="true or false")
+
+
+class Config(_Section):
+    """One job: the problem factory, its parameters, jacfwd options, execution and output.
+
+    Build it with :func:`load_config` (a YAML file) or :func:`parse_config` (a dict).
+
+    Example:
+        >>> cfg = parse_config({"problem": "jobs.lorenz96:make", "params": {"n": 8}})
+        >>> cfg.name, cfg.output.path, cfg.execution.shards
+        ('lorenz96', 'results/lorenz96', None)
+    """
+
+    name: str = Field(description="a run name (letters, digits, '-', '_', '.')")
+    problem: str = Field(description="'module:function', e.g. 'jobs.lorenz96:make'")
+    params: dict[str, Any] = Field(default_factory=dict, description="a mapping of factory "
+                                   "keyword arguments")
+    jacfwd: JacfwdConfig = Field(default_factory=JacfwdConfig, description="a mapping")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="a mapping")
+    output: OutputConfig = Field(description="a mapping")
+    sweep: dict[str, list[Any]] | None = Field(None, description="a mapping of dotted keys to "
+                                               "non-empty lists of values, or null")
+
+    _name_ok = pydantic.field_validator("name")(_check_name)
+    _problem_ok = pydantic.field_validator("problem")(_check_problem)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
+        problem = data.get("problem")
+        if data.get("name") is None and isinstance(problem, str) and _PROBLEM.match(problem):
+            data["name"] = problem.split(":")[0].rsplit(".", 1)[-1]
+        output = data.get("output", {})
+        if isinstance(output, dict) and output.get("path") is None and "name" in data:
+            data["output"] = {**output, "path": f"results/{data['name']}"}
+        return data
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML safely (YAML 1.1 as PyYAML, except ``1e-3`` is a float; duplicate keys fail).
+
+    Example:
+        >>> parse_yaml("lr: 1e-3\nn: 4")
+        {'lr': 0.001, 'n': 4}
+    """
+    return yaml.load(text, Loader=_Loader)
+
+
+class SweepRun(NamedTuple):
+    """One point of a sweep: its id (a folder name), the swept values and its own config."""
+
+    run_id: str
+    point: dict[str, Any]
+    config: Config
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate it.
+
+    Args:
+        path: the YAML file.
+        overrides: ``"dotted.key=value"`` strings; each value is parsed as YAML.
+
+    Returns:
+        The validated, frozen :class:`Config`.
+
+    Raises:
+        ConfigError: the file is missing or invalid; the message lists every problem.
+
+    Example:
+        >>> cfg = load_config("configs/quickstart.yaml", ["params.n=12"])
+        >>> cfg.params["n"]
+        12
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError([f"cannot read the config file: {err.strerror}"], str(path)) from None
+    try:
+        raw = parse_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([_yaml_problem(err)], str(path)) from None
+    return parse_config(apply_overrides(raw, overrides, str(path)), str(path))
+
+
+def parse_config(raw: Any, source: str = "config") -> Config:
+    """Validate a config mapping (as loaded from YAML); every problem is reported at once.
+
+    Example:
+        >>> parse_config({"problem": "jobs.mlp:make", "jacfwd": {"grad_vars": ["w0"]}}).name
+        'mlp'
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError([f"the config must be a mapping with keys {_keys(Config)}, "
+                           f"got {_show(raw)}"], source)
+    try:
+        config = Config.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_describe(err), source) from None
+    problems = _sweep_problems(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str], source: str = "config") -> Any:
+    """Return a copy of ``raw`` with each ``"dotted.key=value"`` applied (value parsed as YAML).
+
+    Example:
+        >>> apply_overrides({"params": {"n": 4}}, ["params.n=8", "execution.shards=2"])
+        {'params': {'n': 8}, 'execution': {'shards': 2}}
+    """
+    data = _deepcopy(raw)
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        problem = _check_override_key(key.strip()) if sep else "expected KEY=VALUE"
+        if problem is None and not isinstance(data, dict):
+            problem = "the config is not a mapping"
+        if problem is None:
+            try:
+                problem = _set_path(data, _split_key(key.strip()), parse_yaml(text))
+            except yaml.YAMLError as err:
+                problem = f"the value is not valid YAML ({_yaml_problem(err)})"
+        if problem:
+            problems.append(f"--set {item}: {problem}")
+    if problems:
+        raise ConfigError(problems, source)
+    return data
+
+
+def expand_sweep(config: Config) -> list[SweepRun]:
+    """Expand ``config.sweep`` (a cartesian grid) into ordinary single-run configs.
+
+    Each run writes to ``<output.path>/<run_id>``. A run id joins ``<last key part>-<value>``
+    for each swept key (characters other than letters, digits, ``.``, ``-`` become ``_``);
+    a short hash of the point is appended when ids would collide or grow long. Ids depend only
+    on the point, so they stay stable when the grid grows. Without ``sweep`` the result is one
+    run: the config itself, with id ``name``.
+
+    Example:
+        >>> cfg = parse_config({"problem": "jobs.lorenz96:make",
+        ...                     "sweep": {"params.n": [8, 16], "execution.chunk_size": [None, 4]}})
+        >>> [run.run_id for run in expand_sweep(cfg)]
+        ['n-8_chunk_size-null', 'n-8_chunk_size-4', 'n-16_chunk_size-null', 'n-16_chunk_size-4']
+    """
+    if not config.sweep:
+        return [SweepRun(config.name, {}, config)]
+    keys = list(config.sweep)
+    points = [dict(zip(keys, values)) for values in itertools.product(*config.sweep.values())]
+    labels = _labels(keys)
+    ids = [_run_id(point, labels) for point in points]
+    clash = len(set(ids)) < len(ids)
+    base = config.model_dump()
+    runs = []
+    for run_id, point in zip(ids, points):
+        if clash or len(run_id) > 100:
+            run_id = f"{run_id[:90]}-{_digest(point)}"
+        raw = _deepcopy({**base, "sweep": None})
+        for key, value in point.items():
+            _set_path(raw, _split_key(key), value)
+        raw["output"]["path"] = f"{config.output.path.rstrip('/')}/{run_id}"
+        runs.append(SweepRun(run_id, point, parse_config(raw, f"sweep run {run_id}")))
+    return runs
+
+
+def _labels(keys: list[str]) -> dict[str, str]:
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
+
+
+def _run_id(point: dict[str, Any], labels: dict[str, str]) -> str:
+    parts = []
+    for key, value in point.items():
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        parts.append(f"{labels[key]}-{text}")
+    return re.sub(r"[^A-Za-z0-9.-]", "_", "_".join(parts)).replace("..", "_.")
+
+
+def _digest(point: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(point, sort_keys=True, default=repr).encode()).hexdigest()[:8]
+
+
+def _describe(err: pydantic.ValidationError) -> list[str]:
+    problems = {}
+    for item in err.errors():
+        loc = [str(part) for part in item["loc"]]
+        path, model, field = _walk(loc)
+        if item["type"] == "extra_forbidden":
+            path, message = loc, f"unknown key; valid keys: {_keys(model)}"
+        elif item["type"] == "missing":
+            message = f"required key is missing: expected {field.description}"
+        elif item["type"] == "value_error":
+            message = str(item["ctx"]["error"])
+        else:
+            if path == ["sweep"] and len(loc) > 1:
+                path = loc[:2]
+            message = f"expected {field.description}, got {_show(item['input'])}"
+        problems.setdefault(".".join(path), message)
+    return [f"{path}: {message}" for path, message in problems.items()]
+
+
+def _walk(loc: list[str]) -> tuple[list[str], type[BaseModel] | None, Any]:
+    """Follow an error location through the models: (known key path, innermost model, field)."""
+    model, field, path = Config, None, []
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            break
+        path.append(part)
+        field = model.model_fields[part]
+        model = _submodel(field)
+    return path, model, field
+
+
+def _submodel(field: Any) -> type[BaseModel] | None:
+    sub = field.annotation
+    return sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+
+
+def _sweep_problems(config: Config) -> list[str]:
+    problems = []
+    base = config.model_dump()
+    for key, values in (config.sweep or {}).items():
+        problem = _check_sweep_key(key)
+        if problem or not values:
+            problems.append(f"sweep.{key}: {problem or 'expected a non-empty list of values'}")
+            continue
+        for index, value in enumerate(values):
+            raw = _deepcopy({**base, "sweep": None})
+            _set_path(raw, _split_key(key), value)
+            try:
+                Config.model_validate(raw)
+            except pydantic.ValidationError as err:
+                problems += [f"sweep.{key}[{index}]: {p.split(': ', 1)[1]}" for p in _describe(err)]
+    return problems
+
+
+def _check_sweep_key(key: str) -> str | None:
+    parts = key.split(".")
+    if parts[0] not in _SWEEPABLE:
+        return f"cannot sweep {parts[0]!r}; sweep keys start with one of: {', '.join(_SWEEPABLE)}"
+    return _check_path(parts)
+
+
+def _check_override_key(key: str) -> str | None:
+    parts = key.split(".")
+    if parts[0] not in Config.model_fields:
+        return f"unknown key {parts[0]!r}; valid keys: {_keys(Config)}"
+    return None if parts[0] == "sweep" else _check_path(parts)
+
+
+def _check_path(parts: list[str]) -> str | None:
+    model = _submodel(Config.model_fields[parts[0]])
+    if model is not None:
+        if len(parts) > 2 or (len(parts) == 2 and parts[1] not in model.model_fields):
+            return f"unknown key {'.'.join(parts)!r}; valid keys of {parts[0]}: {_keys(model)}"
+    elif len(parts) > 1 and parts[0] != "params":
+        return f"{parts[0]!r} has no sub-keys"
+    return None
+
+
+def _split_key(key: str) -> list[str]:
+    """``sweep.params.n`` -> ['sweep', 'params.n']: sweep keys are dotted themselves."""
+    head, _, rest = key.partition(".")
+    return [head, rest] if head == "sweep" and rest else key.split(".")
+
+
+def _set_path(data: dict, parts: list[str], value: Any) -> str | None:
+    for depth, part in enumerate(parts[:-1]):
+        if data.get(part) is None:
+            data[part] = {}
+        if not isinstance(data[part], dict):
+            return f"{'.'.join(parts[:depth + 1])} is {_show(data[part])}, not a mapping"
+        data = data[part]
+    data[parts[-1]] = value
+    return None
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _deepcopy(value) for key, value in data.items()}
+    return [_deepcopy(v) for v in data] if isinstance(data, list) else data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"invalid YAML{where}: {getattr(err, 'problem', None) or err}"
+
+
+def _keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({type(value).__name__})"

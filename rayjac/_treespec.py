@@ -1,0 +1,179 @@
+"""Pytrees in result files: structures as JSON, array leaves as ``fixed_shape_tensor`` columns.
+
+A result must describe itself to readers without rayjac (pyarrow, polars, duckdb), so a
+structure is plain JSON (dict, list, tuple, None and leaf nodes) and a leaf is a JSON "leaf
+spec" ``{"column", "path", "shape", "dtype", "encoding"}``. Dtypes that Arrow lacks are stored
+in one of the documented ``ENCODINGS``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+import pyarrow as pa
+
+LEAF = "*"
+ENCODINGS = {
+    "plain": "the Arrow value type is the leaf's dtype",
+    "complex": "Arrow has no complex type: a trailing axis of length 2 holds the real part "
+               "([..., 0]) and the imaginary part ([..., 1]) in the real dtype of the same "
+               "precision (complex64 -> float32, complex128 -> float64)",
+    "bits": "the leaf's raw bytes as an unsigned integer of the same width (bool -> uint8, "
+            "bfloat16 -> uint16, ...); reinterpret them with numpy's .view(dtype)",
+    "empty": "a zero-size leaf has no column: it is an empty array of the recorded shape",
+}
+_BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def treedef_to_json(treedef: Any, what: str = "pytree") -> Any:
+    """A ``PyTreeDef`` of dict/list/tuple/None nodes as JSON; ``TypeError`` for other nodes."""
+    data = treedef.node_data()
+    if data is None:
+        return LEAF
+    kind, keys = data
+    children = [treedef_to_json(c, what) for c in treedef.children()]
+    if kind is type(None):
+        return None
+    if kind is tuple or kind is list:
+        return {kind.__name__: children}
+    if kind is dict and all(type(k) in (str, int) for k in keys):
+        return {"dict": [[k, c] for k, c in zip(keys, children)]}
+    raise TypeError(
+        f"rayjac cannot store this {what}: it contains a {kind.__name__} node "
+        f"({treedef}). Result files hold pytrees of dict (str or int keys), list, tuple and "
+        "None; convert it first, e.g. with dataclasses.asdict or namedtuple._asdict().")
+
+
+def treedef_from_json(spec: Any) -> Any:
+    """Inverse of ``treedef_to_json``."""
+    return jax.tree_util.tree_structure(_skeleton(spec))
+
+
+def _skeleton(spec: Any) -> Any:
+    if spec == LEAF:
+        return 0
+    if spec is None:
+        return None
+    (kind, children), = spec.items()
+    if kind == "dict":
+        return {k: _skeleton(c) for k, c in children}
+    return {"tuple": tuple, "list": list}[kind](_skeleton(c) for c in children)
+
+
+def leaf_paths(treedef: Any) -> list[str]:
+    """``jax.tree_util.keystr`` of every leaf, e.g. ``[0]['w']``, for people reading metadata."""
+    skeleton = jax.tree_util.tree_unflatten(treedef, [0] * treedef.num_leaves)
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(skeleton)[0]]
+
+
+def describe_leaf(column: str, path: str, shape: Any, dtype: Any, what: str) -> dict:
+    """The leaf spec of a leaf stored in ``column`` (``TypeError`` for non-numeric dtypes)."""
+    shape = [int(d) for d in shape]
+    enc = "empty" if 0 in shape else _encoding(np.dtype(dtype), f"{what} leaf {path or '(root)'}")
+    return {"column": None if enc == "empty" else column, "path": path, "shape": shape,
+            "dtype": np.dtype(dtype).name, "encoding": enc}
+
+
+def describe_tree(tree: Any, part: str) -> dict | None:
+    """``{"tree": structure, "leaves": leaf specs}`` of a value or aux pytree; columns are
+    named ``{part}_{k}``."""
+    if tree is None:
+        return None
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return {"tree": treedef_to_json(treedef, part),
+            "leaves": [describe_leaf(f"{part}_{k}", p, np.shape(x), np.asarray(x).dtype, part)
+                       for k, (p, x) in enumerate(zip(leaf_paths(treedef), leaves))]}
+
+
+def _encoding(dtype: np.dtype, what: str) -> str:
+    if dtype.kind == "c":
+        return "complex"
+    if dtype.kind in "iuf" and _has_arrow_type(dtype):
+        return "plain"
+    if (dtype.kind == "b" or dtype.type.__module__ == "ml_dtypes") and dtype.itemsize in _BITS:
+        return "bits"
+    raise TypeError(f"rayjac cannot store the {what} of dtype {dtype}: result files hold "
+                    "numeric arrays (bool, integer, float, complex, JAX's bfloat16/float8).")
+
+
+def _has_arrow_type(dtype: np.dtype) -> bool:
+    try:
+        pa.from_numpy_dtype(dtype)
+    except (pa.ArrowNotImplementedError, NotImplementedError, TypeError):
+        return False
+    return True
+
+
+def dtype_of(leaf: dict) -> np.dtype:
+    """The leaf's numpy dtype, including JAX's ``ml_dtypes`` (bfloat16, float8, ...)."""
+    try:
+        return np.dtype(leaf["dtype"])
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, leaf["dtype"]))
+
+
+def _stored_shape(leaf: dict) -> tuple[int, ...]:
+    return tuple(leaf["shape"]) + ((2,) if leaf["encoding"] == "complex" else ())
+
+
+def _stored_dtype(leaf: dict) -> np.dtype:
+    dtype = dtype_of(leaf)
+    if leaf["encoding"] == "complex":
+        return np.finfo(dtype).dtype
+    if leaf["encoding"] == "bits":
+        return np.dtype(_BITS[dtype.itemsize])
+    return dtype
+
+
+def leaf_field(leaf: dict) -> pa.Field:
+    """The column of a stored leaf: ``arrow.fixed_shape_tensor`` of its stored value type."""
+    type_ = pa.fixed_shape_tensor(pa.from_numpy_dtype(_stored_dtype(leaf)), _stored_shape(leaf))
+    return pa.field(leaf["column"], type_, nullable=False)
+
+
+def to_array(rows: np.ndarray, leaf: dict, type_: pa.DataType) -> pa.Array:
+    """``(m, *shape)`` rows of one leaf -> a tensor array; no copy when C-contiguous. (Built
+    from storage: pyarrow's ``from_numpy_ndarray`` refuses shape ``()``.)"""
+    rows = np.ascontiguousarray(rows).view(_stored_dtype(leaf))
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)),
+                                                math.prod(type_.shape))
+    return pa.ExtensionArray.from_storage(type_, storage)
+
+
+def stored_values(array: pa.Array, leaf: dict) -> np.ndarray:
+    """A tensor array -> its stored values ``(m, *stored shape)``, a zero-copy view."""
+    values = array.storage.flatten().to_numpy(zero_copy_only=True)
+    return values.reshape((len(array),) + _stored_shape(leaf))
+
+
+def empty_stored(leaf: dict, n: int) -> np.ndarray:
+    """Uninitialised room for ``n`` rows of stored values."""
+    return np.empty((n,) + _stored_shape(leaf), _stored_dtype(leaf))
+
+
+def decode(values: np.ndarray, leaf: dict) -> np.ndarray:
+    """Stored values -> rows of the leaf's dtype and shape (a view); zeros for empty leaves."""
+    if leaf["encoding"] == "empty":
+        return np.zeros((len(values), *leaf["shape"]), dtype_of(leaf))
+    if leaf["encoding"] == "complex":
+        return np.ascontiguousarray(values).view(dtype_of(leaf))[..., 0]
+    return values.view(dtype_of(leaf))
+
+
+def read_tree(batch: pa.RecordBatch | None, part: dict | None) -> Any:
+    """The value or aux pytree described by ``part`` from the one-row ``batch``."""
+    if part is None:
+        return None
+    leaves = [decode(_one_row(batch, leaf), leaf)[0] for leaf in part["leaves"]]
+    return jax.tree_util.tree_unflatten(treedef_from_json(part["tree"]), leaves)
+
+
+def _one_row(batch: pa.RecordBatch | None, leaf: dict) -> np.ndarray:
+    if leaf["column"] is None:
+        return np.empty((1, 0))
+    return stored_values(batch.column(leaf["column"]), leaf)

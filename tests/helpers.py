@@ -1,0 +1,124 @@
+"""Shared test helpers: tree comparison, random pytrees, finite differences, model cases."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rayjac
+
+
+def tree_allclose(actual, expected, rtol=1e-5, atol=1e-6, check_dtype=True) -> None:
+    """Asserts equal structure, shapes, dtypes and values (up to tolerance)."""
+    a_leaves, a_tree = jax.tree_util.tree_flatten(actual)
+    e_leaves, e_tree = jax.tree_util.tree_flatten(expected)
+    assert a_tree == e_tree, f"structure {a_tree} != {e_tree}"
+    for a, e in zip(a_leaves, e_leaves):
+        a, e = np.asarray(a), np.asarray(e)
+        assert a.shape == e.shape, f"shape {a.shape} != {e.shape}"
+        if check_dtype:
+            assert a.dtype == e.dtype, f"dtype {a.dtype} != {e.dtype}"
+        np.testing.assert_allclose(a.astype(np.complex128), e.astype(np.complex128),
+                                   rtol=rtol, atol=atol)
+
+
+def random_tree(key, structure):
+    """Random float32 arrays in the given structure of shapes (tuples of ints are shapes)."""
+    is_shape = lambda s: isinstance(s, tuple) and all(isinstance(i, int) for i in s)  # noqa
+    shapes, tree = jax.tree_util.tree_flatten(structure, is_leaf=is_shape)
+    keys = jax.random.split(key, len(shapes))
+    return jax.tree_util.tree_unflatten(
+        tree, [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)])
+
+
+def finite_difference_jacobian(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences in float64 of a function of one flat array; shape out + in."""
+    x = np.asarray(x, np.float64)
+    columns = []
+    for i in range(x.size):
+        dx = np.zeros_like(x).ravel()
+        dx[i] = eps
+        dx = dx.reshape(x.shape)
+        columns.append((np.asarray(f(x + dx)) - np.asarray(f(x - dx))) / (2 * eps))
+    jac = np.stack(columns, axis=-1)
+    return jac.reshape(jac.shape[:-1] + x.shape)
+
+
+# --- a stateful model with pytree inputs and outputs, and its pure twin for jax.jacfwd ---
+
+VAR_SHAPES = {"w": (3,), "b": (2, 2)}
+
+
+def make_vars(kind: str, key=jax.random.PRNGKey(0)):
+    """Variables and the ``grad_vars`` container of the requested kind."""
+    values = random_tree(key, VAR_SHAPES)
+    vs = {k: rayjac.Variable(v) for k, v in values.items()}
+    container = {"none": None, "single": vs["w"], "list": [vs["w"], vs["b"]],
+                 "tuple": (vs["b"], vs["w"]), "dict": {"w": vs["w"], "b": vs["b"]}}[kind]
+    return vs, container
+
+
+def model_pure(w, b, x, y, scale=1.0):
+    """Pure model: output is a pytree; aux is a dict."""
+    h = jnp.tanh(w[:, None] * x["u"][None, :]) * scale
+    out = {"h": h @ y + b.sum(), "s": jnp.sum(x["v"] ** 2) * w[0], "m": b @ b * x["u"][0]}
+    return out, {"mean": jnp.mean(h)}
+
+
+def stateful_model(vs, has_aux: bool):
+    def func(x, y, scale=1.0):
+        out, aux = model_pure(vs["w"].value, vs["b"].value, x, y, scale)
+        return (out, aux) if has_aux else out
+    return func
+
+
+def model_args(key=jax.random.PRNGKey(1)):
+    return random_tree(key, ({"u": (4,), "v": (2,)}, (4,)))
+
+
+def rebind(kind: str, values, container_values):
+    """All variable values with those of the ``grad_vars`` container replaced."""
+    cv = container_values
+    names = {"none": (), "single": None, "list": ("w", "b"), "tuple": ("b", "w"),
+             "dict": None}[kind]
+    if kind == "single":
+        return {**values, "w": cv}
+    if kind == "dict":
+        return {**values, **cv}
+    return {**values, **dict(zip(names, cv or ()))}
+
+
+def expected_result(kind, argnums, has_aux, return_value, vs, container, args):
+    """What rayjac.jacfwd must return, built from jax.jacfwd on the pure twin."""
+    values = {k: v.value for k, v in vs.items()}
+    cvals = jax.tree_util.tree_map(lambda v: v.value, container,
+                                   is_leaf=lambda v: isinstance(v, rayjac.Variable))
+    out, aux = model_pure(values["w"], values["b"], *args)
+    parts = []
+    if kind != "none":
+        parts.append(jax.jacfwd(
+            lambda c: model_pure(**rebind(kind, values, c), x=args[0], y=args[1])[0])(cvals))
+    if argnums is not None or kind == "none":
+        nums = 0 if argnums is None else argnums
+        parts.append(jax.jacfwd(lambda *a: model_pure(values["w"], values["b"], *a)[0],
+                                argnums=nums)(*args))
+    jac = parts[0] if len(parts) == 1 else tuple(parts)
+    extra = ([out] if return_value else []) + ([aux] if has_aux else [])
+    return (jac, *extra) if extra else jac
+
+
+def check_case(kind, argnums, has_aux, return_value, chunk_size=None, shards=None):
+    """Runs rayjac.jacfwd on the stateful model and compares it with jax.jacfwd."""
+    vs, container = make_vars(kind)
+    args = model_args()
+    before = {k: np.asarray(v.value) for k, v in vs.items()}
+    jf = rayjac.jacfwd(stateful_model(vs, has_aux), grad_vars=container, argnums=argnums,
+                       has_aux=has_aux, return_value=return_value, chunk_size=chunk_size,
+                       shards=shards)
+    got = jf(*args)
+    tree_allclose(got, expected_result(kind, argnums, has_aux, return_value, vs, container,
+                                       args))
+    for k, v in vs.items():  # only read: untouched
+        np.testing.assert_array_equal(np.asarray(v.value), before[k])
+    return got
