@@ -148,7 +148,7 @@ def parse_yaml(text: str) -> Any:
     """Parse YAML safely (YAML 1.1 as PyYAML, except ``1e-3`` is a float; duplicate keys fail).
 
     Example:
-        >>> parse_yaml("lr: 1e-3\nn: 4")
+        >>> parse_yaml("lr: 1e-3\\nn: 4")
         {'lr': 0.001, 'n': 4}
     """
     return yaml.load(text, Loader=_Loader)
@@ -282,7 +282,7 @@ def _run_id(point: dict[str, Any], labels: dict[str, str]) -> str:
     for key, value in point.items():
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         parts.append(f"{labels[key]}-{text}")
-    return re.sub(r"[^A-Za-z0-9.-]", "_", "_".join(parts)).replace("..", "_.")
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", "_".join(parts)).replace("..", "_.")
 
 
 def _digest(point: dict[str, Any]) -> str:
