@@ -162,11 +162,11 @@ class JacFwd:
                ) -> JacStream:
         """The Jacobian as shards of J^T rows (written to storage as they arrive).
 
-        The primal (value, aux, Variable writes) is computed once, here, before any shard.
+        The primal (value, aux, new Variable values) is computed once, here, before any
+        shard; the Variable writes are applied after the last shard.
         """
         program, diff, const, state = self._prepare(tuple(args), dict(kwargs or {}))
         out, aux, written = program.primal_jit(diff, const, state)
-        _apply_writes(program, written)
         if self.shards is None:
             shards = _local_shards(program, diff, const, state)
         else:
@@ -174,7 +174,8 @@ class JacFwd:
             shards = run_shards(program, diff, const, state, self.shards, workers)
         to_numpy = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
         return JacStream(program.layout, to_numpy(out) if self.return_value else None,
-                         to_numpy(aux) if self.has_aux else None, shards)
+                         to_numpy(aux) if self.has_aux else None,
+                         _then_write(shards, program, written))
 
     def _call_sharded(self, args: tuple, kwargs: dict):
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
@@ -255,6 +256,12 @@ def _apply_writes(program: TangentProgram, written: list) -> None:
     """Each written Variable takes its new primal value, once per call."""
     for var, new in zip(program.written, written):
         var.value = new
+
+
+def _then_write(shards: Iterator, program: TangentProgram, written: list) -> Iterator:
+    """The shards, then the Variable writes: a call that fails part-way writes nothing."""
+    yield from shards
+    _apply_writes(program, written)
 
 
 def _local_shards(program: TangentProgram, diff, const, state):

@@ -72,6 +72,7 @@ class TangentProgram:
     written: tuple[Variable, ...] = ()
     layout: Layout | None = None
     chunk_size: int | None = None
+    strict: bool = False  # on workers: every Variable func touches must have been shipped
 
     def pure(self, diff: list, const: list, state: list, record: StateTrace | None = None):
         """(output, aux, new values of the written Variables) of one functional call."""
@@ -84,6 +85,12 @@ class TangentProgram:
         trace.touched.update(dict.fromkeys(values))
         with trace:
             out = self.func(*args, **kwargs)
+        if self.strict and len(trace.touched) > len(values):
+            raise RuntimeError(
+                "func touched a rayjac.Variable on this worker that was not shipped with it: a "
+                "Variable at module level of an imported module is a different object in each "
+                "process. Create the Variables inside a function (e.g. the job factory) and "
+                "close over them, or run with shards=None.")
         out, aux = self._split_aux(out)
         return out, aux, [trace.values[v] for v in self.written]
 

@@ -1,0 +1,219 @@
+"""The distributed engine, the only module that imports Ray: a pool of long-lived worker
+actors, each running the jitted ``vmap(jvp)`` kernel over column shards of the tangent basis.
+
+Per call, the inputs go into the object store once (numpy) and every shard gets the reference;
+each program (function, Variables, layout) is shipped once per actor and cached there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+import uuid
+import weakref
+from typing import Any, Iterator
+
+import numpy as np
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from ._program import TangentProgram
+from ._worker import Worker, worker_env
+
+
+@ray.remote
+class _RemoteWorker(Worker):
+    def _fetch(self, ref):
+        return ray.get(ref)
+
+MAX_RETRIES = 3
+_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """Resources of each worker actor and the cluster to join.
+
+    ``address=None`` joins ``RAY_ADDRESS`` when set, else starts an embedded local Ray.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    address: str | None = None
+
+
+class ShardError(RuntimeError):
+    """A shard failed on a worker: carries the column range, the node and the remote traceback."""
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Joins the given cluster, or the running one, or starts a local Ray on loopback."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1")
+
+
+class _Pool:
+    """Long-lived worker actors of one resource shape, grown on demand and reused."""
+
+    def __init__(self, options: WorkerOptions, x64: bool):
+        self.options, self.x64 = options, x64
+        self.actors: list = []
+        self.shipped: dict[int, set[str]] = {}
+
+    def capacity(self) -> int:
+        total = ray.cluster_resources()
+        if self.options.num_gpus:
+            gpus = total.get("GPU", 0.0)
+            if gpus < self.options.num_gpus:
+                raise ValueError(
+                    f"Each worker asks for num_gpus={self.options.num_gpus}, but the Ray cluster "
+                    f"has {gpus:g} GPU(s). Use num_gpus: 0 for CPU workers, or join a cluster "
+                    "with GPUs (execution.address / RAY_ADDRESS).")
+            return max(1, int(gpus // self.options.num_gpus))
+        cpus = total.get("CPU", 0.0)
+        if self.options.num_cpus and cpus < self.options.num_cpus:
+            raise ValueError(f"Each worker asks for num_cpus={self.options.num_cpus}, but the Ray "
+                             f"cluster has {cpus:g} CPU(s). Lower execution.num_cpus.")
+        return max(1, int(cpus // self.options.num_cpus)) if self.options.num_cpus else 1
+
+    def grow(self, wanted: int) -> None:
+        wanted = min(wanted, self.capacity())
+        env = worker_env(self.options.num_gpus, self.x64)
+        while len(self.actors) < wanted:
+            self.actors.append(_RemoteWorker.options(
+                num_cpus=self.options.num_cpus, num_gpus=self.options.num_gpus,
+                max_restarts=-1, max_task_retries=0, max_concurrency=1,
+                runtime_env={"env_vars": env}).remote(self.options.num_cpus))
+
+    def drop(self, actor) -> None:
+        if actor in self.actors:
+            self.actors.remove(actor)
+
+
+_pools: dict[tuple, _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(options: WorkerOptions) -> _Pool:
+    import jax
+    x64 = bool(jax.config.jax_enable_x64)
+    key = (options.num_cpus, options.num_gpus, x64, ray.get_runtime_context().get_job_id())
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = _Pool(options, x64)
+        return _pools[key]
+
+
+def run_shards(program: TangentProgram, diff: list, const: list, state: list, shards: int,
+               options: WorkerOptions | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Starts the shards of one call on the pool; returns an iterator over finished shards
+    ``(start, rows)`` in completion order."""
+    options = options or WorkerOptions()
+    ensure_ray(options.address)
+    ranges = program.layout.basis.split(shards)
+    pool = _pool(options)
+    pool.grow(len(ranges))
+    program_ref = _program_ref(program)
+    data_ref = ray.put(tuple([np.asarray(x) for x in xs] for xs in (diff, const, state)))
+    call = _Call(pool, program, program_ref, data_ref, ranges)
+    return call.results()
+
+
+_program_refs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _program_ref(program: TangentProgram) -> tuple[str, Any]:
+    """(token, object ref) of a program: put into the object store once per driver."""
+    if program not in _program_refs:
+        _program_refs[program] = (uuid.uuid4().hex, ray.put(program))
+    return _program_refs[program]
+
+
+class _Call:
+    """Schedules the shards of one call over the pool, one in flight per actor, with retries."""
+
+    def __init__(self, pool: _Pool, program, program_ref, data_ref, ranges):
+        self.pool, self.program, self.ranges = pool, program, ranges
+        self.token, self.program_ref = program_ref
+        self.data_ref, self.call_id = data_ref, uuid.uuid4().hex
+        self.pending = list(range(len(ranges)))[::-1]
+        self.attempts = [0] * len(ranges)
+        self.in_flight: dict[Any, tuple[Any, int]] = {}
+        self.progress = _Progress(len(ranges))
+
+    def _submit(self, actor, shard: int) -> None:
+        start, stop = self.ranges[shard]
+        self.attempts[shard] += 1
+        ref = actor.rows.remote(self.token, [self.program_ref], self.call_id, [self.data_ref],
+                                start, stop - start)
+        self.in_flight[ref] = (actor, shard)
+
+    def _fill(self) -> None:
+        busy = {a for a, _ in self.in_flight.values()}
+        if not self.pool.actors:
+            self.pool.grow(len(self.pending))
+        for actor in [a for a in self.pool.actors if a not in busy]:
+            if not self.pending:
+                return
+            self._submit(actor, self.pending.pop())
+
+    def results(self) -> Iterator[tuple[int, list[np.ndarray]]]:
+        try:
+            self._fill()
+            while self.in_flight:
+                [ref], _ = ray.wait(list(self.in_flight), num_returns=1)
+                actor, shard = self.in_flight.pop(ref)
+                rows = self._collect(ref, actor, shard)
+                if rows is not None:
+                    self.progress.step()
+                    yield self.ranges[shard][0], rows
+                self._fill()
+        finally:
+            for ref in self.in_flight:
+                ray.cancel(ref, force=False)
+            self.progress.close()
+
+    def _collect(self, ref, actor, shard: int) -> list[np.ndarray] | None:
+        start, stop = self.ranges[shard]
+        try:
+            return ray.get(ref)
+        except RayTaskError as err:  # func raised: retrying cannot help
+            raise ShardError(
+                f"Shard {shard} (tangent columns [{start}, {stop})) failed on a rayjac worker:\n"
+                f"{err}\nThe traceback above is the worker's; rerun with shards=None to debug "
+                "the function in this process.") from None
+        except _LOST as err:
+            if self.attempts[shard] > MAX_RETRIES:
+                raise ShardError(
+                    f"Shard {shard} (tangent columns [{start}, {stop})) was lost "
+                    f"{self.attempts[shard]} times (worker died: {err}). Check the workers' "
+                    "memory (lower chunk_size) and the Ray logs under /tmp/ray/session_latest/"
+                    "logs.") from None
+            self.pending.append(shard)  # retried on the restarted or another worker
+            return None
+
+
+class _Progress:
+    """Shards done / total on a terminal; silent otherwise."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self.enabled = total > 1 and sys.stderr.isatty() and not os.environ.get("RAYJAC_QUIET")
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            sys.stderr.write(f"\rrayjac: shards {self.done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")

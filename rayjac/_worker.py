@@ -1,0 +1,80 @@
+"""What runs inside a Ray worker actor (the Ray wrapper lives in ``_engine``): core pinning,
+the cached program and inputs of the current call, and the J^T rows of one shard."""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def worker_env(num_gpus: float, x64: bool) -> dict[str, str]:
+    """Environment of a worker process, set before it imports JAX."""
+    env = {"JAX_ENABLE_X64": "1" if x64 else "0"}
+    if num_gpus:
+        # Several workers may share a GPU: cap each one's preallocation to its share.
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * min(num_gpus, 1.0):.3f}"
+    else:
+        env["JAX_PLATFORMS"] = "cpu"  # zero-GPU Ray workers still see every GPU
+    return env
+
+
+def _claim_cores(num_cpus: float) -> tuple[list[int], list[Any]]:
+    """Claims ``ceil(num_cpus)`` free cores of this node with file locks held for the life
+    of the process, so that workers on one node never share a core."""
+    wanted = max(1, math.ceil(num_cpus))
+    folder = os.path.join(tempfile.gettempdir(), "rayjac-cores")
+    os.makedirs(folder, exist_ok=True)
+    claimed, handles = [], []
+    for core in sorted(os.sched_getaffinity(0)):
+        handle = open(os.path.join(folder, f"core-{core}.lock"), "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        claimed.append(core)
+        handles.append(handle)
+        if len(claimed) == wanted:
+            return claimed, handles
+    for handle in handles:
+        handle.close()
+    return [], []
+
+
+class Worker:
+    """One long-lived worker: compiles each program once and reuses it across shards."""
+
+    def __init__(self, num_cpus: float):
+        self.cores, self._locks = [], []
+        if num_cpus and hasattr(os, "sched_setaffinity") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+            self.cores, self._locks = _claim_cores(num_cpus)
+            if self.cores:
+                os.sched_setaffinity(0, self.cores)  # before JAX starts its thread pool
+        self._programs: dict[str, Any] = {}
+        self._call: tuple[str, Any] | None = None
+
+    def _fetch(self, ref: Any) -> Any:
+        raise NotImplementedError  # ray.get, provided by the Ray wrapper
+
+    def describe(self) -> dict:
+        return {"pid": os.getpid(), "cores": self.cores}
+
+    def rows(self, token: str, program_box: list, call_id: str, data_box: list, start: int,
+             length: int) -> list[np.ndarray]:
+        import jax.numpy as jnp
+        program = self._programs.get(token)
+        if program is None:
+            program = self._fetch(program_box[0])
+            program.strict = True
+            self._programs = {**dict(list(self._programs.items())[-7:]), token: program}
+        if self._call is None or self._call[0] != call_id:
+            data = self._fetch(data_box[0])
+            self._call = (call_id, [[jnp.asarray(x) for x in xs] for xs in data])
+        diff, const, state = self._call[1]
+        rows = program.rows_jit(diff, const, state, start, length=length)
+        return [np.asarray(r) for r in rows]
