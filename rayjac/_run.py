@@ -1,0 +1,276 @@
+"""Running a config: one job, or a sweep of jobs recorded in ``runs.parquet``."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import time
+import uuid
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import _storage
+from ._config import Config, ConfigError, SweepRun, expand_sweep, load_config
+from ._jacobian import jacfwd
+from ._problem import Problem
+
+RUNS_TABLE = "runs.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """The outcome of one run: a row of ``runs.parquet``.
+
+    Attributes:
+        run_id: the run's folder name (the config's ``name`` for a single run).
+        point: the swept values, by dotted key (empty for a single run).
+        status: ``"done"`` or ``"failed"``.
+        error: ``None``, or the error message of a failed run.
+        path: the run's folder (relative to the sweep folder in a sweep).
+    """
+
+    run_id: str
+    point: dict
+    status: str
+    error: str | None
+    path: str
+
+
+def run(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
+        progress: Callable[[str], None] | None = None) -> list[RunRecord]:
+    """Run a config: a single job, or every point of its ``sweep``.
+
+    A single run raises on any error. A sweep records a failed run and goes on; it skips the
+    runs already done, rewriting ``<output.path>/runs.parquet`` after every run.
+
+    Args:
+        config: a :class:`Config` or the path of a YAML config.
+        overrides: ``"dotted.key=value"`` strings (only with a path).
+        progress: called with one line of text before and after each run of a sweep.
+
+    Returns:
+        One :class:`RunRecord` per run.
+
+    Example:
+        >>> records = run("configs/quickstart.yaml", ["output.path=/tmp/rayjac-doc",
+        ...                                           "execution.shards=null",
+        ...                                           "output.overwrite=true"])
+        >>> records[0].status
+        'done'
+    """
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise TypeError("overrides apply to a config file; pass a path, or use parse_config.")
+    if config.sweep:
+        return run_sweep(config, progress=progress)
+    path = run_one(config)
+    return [RunRecord(config.name, {}, "done", None, path)]
+
+
+def run_one(config: Config, point: dict | None = None) -> str:
+    """Compute and store one config's Jacobian (its ``sweep`` is ignored); returns the path.
+
+    The destination is checked before any work; the factory is imported with the current
+    directory on ``sys.path``.
+
+    Example:
+        >>> from rayjac._config import parse_config
+        >>> cfg = parse_config({"problem": "jobs.lorenz96:make", "params": {"n": 8},
+        ...                     "output": {"path": "/tmp/rayjac-doc-l96", "overwrite": True}})
+        >>> run_one(cfg).endswith("rayjac-doc-l96")
+        True
+    """
+    _storage.check_destination(config.output.path, config.output.overwrite)
+    start = time.perf_counter()
+    problem = load_problem(config.problem, config.params)
+    options = config.jacfwd
+    argnums = tuple(options.argnums) if isinstance(options.argnums, list) else options.argnums
+    jf = jacfwd(problem.func, grad_vars=_grad_vars(problem, config), argnums=argnums,
+                has_aux=options.has_aux, return_value=options.return_value,
+                holomorphic=options.holomorphic, shards=config.execution.shards,
+                chunk_size=config.execution.chunk_size)
+    built = time.perf_counter()
+    stream = jf.stream(problem.args, {}, workers=_workers(config))
+    timings = {"factory_s": built - start, "primal_s": time.perf_counter() - built}
+    return _storage.write_result(config.output.path, stream, format=config.output.format,
+                                 overwrite=config.output.overwrite,
+                                 metadata=_metadata(config, point, timings))
+
+
+def load_problem(ref: str, params: dict) -> Problem:
+    """Import ``"module:function"`` (current directory first) and call it with ``params``.
+
+    Raises:
+        ConfigError: the module or function is missing, rejects ``params``, or does not return
+            a ``rayjac.Problem``.
+
+    Example:
+        >>> load_problem("jobs.lorenz96:make", {"n": 8}).args[0].shape
+        (8,)
+    """
+    module_name, func_name = ref.split(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError([f"problem: cannot import {module_name!r} ({err}); run from the "
+                           "folder that holds it or add that folder to PYTHONPATH"]) from None
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ConfigError([f"problem: module {module_name!r} ({module.__file__}) has no "
+                           f"function {func_name!r}"])
+    try:
+        problem = factory(**params)
+    except TypeError as err:
+        raise ConfigError([f"params: {ref} rejected the parameters {sorted(params)}: {err}"]
+                          ) from None
+    if not isinstance(problem, Problem):
+        raise ConfigError([f"problem: {ref} returned {type(problem).__name__}, expected a "
+                           "rayjac.Problem(func, args=..., variables=...)"])
+    return problem
+
+
+def _grad_vars(problem: Problem, config: Config) -> Any:
+    names = config.jacfwd.grad_vars
+    if names is None:
+        return None
+    listed = [names] if isinstance(names, str) else names
+    missing = [name for name in listed if name not in problem.variables]
+    if missing:
+        raise ConfigError([f"jacfwd.grad_vars: {config.problem} has no variable "
+                           f"{', '.join(map(repr, missing))}; its variables are: "
+                           f"{', '.join(problem.variables) or '(none)'}"])
+    chosen = [problem.variables[name] for name in listed]
+    return chosen[0] if isinstance(names, str) else chosen
+
+
+def _workers(config: Config) -> Any:
+    if config.execution.shards is None:
+        return None
+    from ._engine import WorkerOptions
+
+    ex = config.execution
+    return WorkerOptions(num_cpus=ex.num_cpus, num_gpus=ex.num_gpus, address=ex.address)
+
+
+def _metadata(config: Config, point: dict | None, timings: dict) -> dict:
+    versions = {}
+    for dist in ("ray", "pydantic"):
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
+            versions[dist] = importlib_metadata.version(dist)
+    from . import __version__
+
+    meta = {"config": config.model_dump(mode="json"), "timings": timings,
+            "versions": {"rayjac": __version__, **versions}}
+    if point is not None:
+        meta["sweep_point"] = point
+    return meta
+
+
+# ----------------------------------------------------------------------------------- sweeps
+
+def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
+              ) -> list[RunRecord]:
+    """Run every point of ``config.sweep``, skipping those done; see :func:`run`.
+
+    Example:
+        >>> from rayjac._config import parse_config
+        >>> cfg = parse_config({"problem": "jobs.lorenz96:make", "sweep": {"params.n": [4, 8]},
+        ...                     "output": {"path": "/tmp/rayjac-doc-sweep"}})
+        >>> [r.status for r in run_sweep(cfg)]
+        ['done', 'done']
+    """
+    say = progress or (lambda line: None)
+    runs = expand_sweep(config)
+    types = _column_types(runs)
+    records = []
+    for index, sweep_run in enumerate(runs, 1):
+        tag = f"[{index}/{len(runs)}] {sweep_run.run_id}"
+        record, message = _sweep_step(sweep_run, config.output.overwrite, say, tag)
+        say(f"{tag}: {message}")
+        records.append(record)
+        _write_runs_table(config.output.path, records, types)
+    failed = sum(r.status == "failed" for r in records)
+    say(f"{len(records) - failed} of {len(records)} runs done, {failed} failed; table: "
+        f"{config.output.path.rstrip('/')}/{RUNS_TABLE}")
+    return records
+
+
+def _sweep_step(sweep_run: SweepRun, overwrite: bool, say: Callable[[str], None],
+                tag: str) -> tuple[RunRecord, str]:
+    run_id, point, config = sweep_run
+    state = "redo" if overwrite else _stored_state(config)
+    if state == "done":
+        return RunRecord(run_id, point, "done", None, run_id), "done already, skipped"
+    if state == "stale":
+        error = (f"FileExistsError: {config.output.path} holds a result computed from another "
+                 "problem, params or jacfwd options; set output.overwrite: true to recompute it, "
+                 "or choose another output.path")
+        return RunRecord(run_id, point, "failed", error, run_id), f"FAILED: {error}"
+    say(f"{tag}: running")
+    start = time.perf_counter()
+    redo = config.model_copy(update={"output": config.output.model_copy(
+        update={"overwrite": True})})  # a leftover there is unloadable, hence not a result
+    try:
+        run_one(redo, point)
+    except Exception as err:  # a failed run is recorded; the sweep goes on
+        error = f"{type(err).__name__}: {err}"
+        return RunRecord(run_id, point, "failed", error, run_id), f"FAILED: {error}"
+    took = time.perf_counter() - start
+    return RunRecord(run_id, point, "done", None, run_id), f"done in {took:.1f} s"
+
+
+def _stored_state(config: Config) -> str:
+    """``done`` (loadable, same problem/params/jacfwd), ``stale`` (loadable, other) or ``redo``."""
+    try:
+        stored = _storage.load(config.output.path).metadata.get("config", {})
+    except Exception:  # missing, partial or unreadable: run it (again)
+        return "redo"
+    current = config.model_dump(mode="json")
+    same = all(stored.get(key) == current[key] for key in ("problem", "params", "jacfwd"))
+    return "done" if same else "stale"
+
+
+def _column_types(runs: list[SweepRun]) -> dict[str, pa.DataType]:
+    types = {}
+    for key in runs[0].point:
+        try:
+            types[key] = pa.array([r.point[key] for r in runs]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: store JSON text
+            types[key] = None
+    return types
+
+
+def _write_runs_table(folder: str, records: list[RunRecord], types: dict) -> None:
+    columns = {"run_id": pa.array([r.run_id for r in records], pa.string())}
+    for key, type_ in types.items():
+        values = [r.point[key] for r in records]
+        columns[key] = (pa.array(values, type_) if type_ is not None
+                        else pa.array([json.dumps(v) for v in values], pa.string()))
+    for name in ("status", "error", "path"):
+        columns[name] = pa.array([getattr(r, name) for r in records], pa.string())
+    _write_atomic(pa.table(columns), f"{folder.rstrip('/')}/{RUNS_TABLE}")
+
+
+def _write_atomic(table: pa.Table, path: str) -> None:
+    """Write then rename, so a reader (or a crash) never sees a half-written table."""
+    if "://" in path:
+        fs, inner = pafs.FileSystem.from_uri(path)
+    else:
+        fs, inner = pafs.LocalFileSystem(), str(Path(path).resolve())
+    parent, name = inner.rsplit("/", 1)
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, inner)
