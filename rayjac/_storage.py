@@ -1,8 +1,8 @@
 """Result folders: the on-disk schema (``SCHEMA``), streaming atomic writes, and ``load``.
 
 A run's folder holds ``jacobian.arrow`` (one row per tangent column), ``value_aux.arrow`` (one
-row: the primal value and aux leaves) and ``metadata.json``; ``.parquet`` instead of ``.arrow``
-on request. docs/storage.md documents every field.
+row: the primal value and aux leaves) and ``metadata.json``, or ``.parquet`` files on request.
+``_treespec`` turns pytrees and shards into those tables; docs/storage.md documents them.
 """
 
 from __future__ import annotations
@@ -26,23 +26,23 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import _treespec as ts
-from ._basis import Layout, TangentBasis
 
 
 @dataclasses.dataclass(frozen=True)
 class _Schema:
     version: int = 1
     key: str = "rayjac"  # schema-metadata key of every file's JSON description
-    index: tuple = (("column", pa.int64()), ("input_leaf", pa.int32()),
-                    ("input_index", pa.int64()))
+    index: tuple = ts.INDEX  # the Jacobian table's first columns, then out_0, out_1, ...
     jacobian: str = "jacobian"
     value_aux: str = "value_aux"
     metadata: str = "metadata.json"
     formats: tuple = ("arrow", "parquet")
-    # Measured in benchmarks/bench_storage.py: byte-stream-split + zstd(1) shrinks dense float
-    # Jacobians by ~10% and sparse ones by 5-20x; dictionary pages never help float tensors.
+    # Measured by benchmarks/bench_storage.py (docs/storage.md): dictionary pages never help
+    # float tensors; zstd(1) shrinks sparse Jacobians ~100-fold, and byte-stream-split of
+    # float32/float64 values (duckdb reads no other) takes dense ones from 92% to 85%.
     parquet: tuple = (("use_dictionary", False), ("compression", "zstd"),
-                      ("compression_level", 1), ("use_byte_stream_split", True))
+                      ("compression_level", 1))
+    byte_stream_split: tuple = (pa.float32(), pa.float64())
 
     def files(self, fmt: str) -> tuple[str, str, str]:
         return f"{self.jacobian}.{fmt}", f"{self.value_aux}.{fmt}", self.metadata
@@ -58,11 +58,11 @@ class Result:
 
     Attributes:
       jacobian: ``var_jac``, ``arg_jac`` or ``(var_jac, arg_jac)``, as ``rayjac.jacfwd`` returns
-        them (numpy arrays, memory-mapped from Arrow IPC files where possible).
+        them, with numpy leaves (memory-mapped from Arrow IPC files where possible).
       value: the primal output (``None`` unless the run used ``return_value``).
       aux: the auxiliary output (``None`` unless the run used ``has_aux``).
-      metadata: the run's description: resolved config, versions, timings, every leaf's shape
-        and dtype.
+      metadata: the run's description: resolved config, versions, timings, and the shape and
+        dtype of every leaf.
       path: the folder it was loaded from.
 
     Example:
@@ -70,7 +70,7 @@ class Result:
       >>> folder = tempfile.mkdtemp() + "/run"
       >>> stream = rayjac.jacfwd(lambda x: x ** 2).stream((jnp.arange(3.0),))
       >>> _ = rayjac._storage.write_result(folder, stream)
-      >>> rayjac.load(folder).jacobian.diagonal()
+      >>> rayjac._storage.load(folder).jacobian.diagonal()
       array([0., 2., 4.], dtype=float32)
     """
 
@@ -86,16 +86,16 @@ class Result:
 
 
 def _summary(tree: Any) -> str:
-    shapes = jax.tree_util.tree_map(lambda a: _Shape(f"{a.dtype}{list(a.shape)}"), tree)
-    return repr(shapes)
+    """The tree with each array shown as ``dtype[shape]``."""
+    return repr(jax.tree_util.tree_map(lambda a: _Text(f"{a.dtype}{list(a.shape)}"), tree))
 
 
-class _Shape(str):
+class _Text(str):
     __repr__ = str.__str__
 
 
 def result_path(root: str | os.PathLike, name: str) -> str:
-    """``root/name`` for a run folder, refusing names that could leave ``root``.
+    """``root/name`` for a run's folder, refusing names that could leave ``root``.
 
     Args:
       root: the output folder (a local path or a ``pyarrow.fs`` URI such as ``s3://bucket/x``).
@@ -110,22 +110,24 @@ def result_path(root: str | os.PathLike, name: str) -> str:
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"Invalid result name {name!r}: use letters, digits, '_', '-' and '.', "
-                         "not starting with '.' (a name cannot contain '/' or be '..').")
+                         "not starting with '.' (so no '/', '..' or hidden names).")
     return f"{os.fspath(root).rstrip('/')}/{name}"
 
 
-def check_destination(path: str | os.PathLike, overwrite: bool = False) -> str:
-    """Fails early, before any computing, if ``write_result(path, ...)`` would refuse ``path``.
+def check_destination(path: str | os.PathLike, overwrite: bool = False, *,
+                      filesystem: pafs.FileSystem | None = None) -> str:
+    """Fails early, before any computing, where ``write_result(path, ...)`` would refuse.
 
     Args:
       path: the run's folder: a local path or a ``pyarrow.fs`` URI (``s3://``, ``file://``).
       overwrite: whether an existing rayjac result there may be replaced.
+      filesystem: a ``pyarrow.fs.FileSystem`` to use instead of the one ``path`` names.
 
     Returns:
       The resolved destination (absolute for local paths).
 
     Raises:
-      FileExistsError: ``path`` holds a result and ``overwrite`` is false, or holds something
+      FileExistsError: ``path`` holds a result and ``overwrite`` is false, or holds anything
         that is not a rayjac result (never replaced).
 
     Example:
@@ -133,18 +135,19 @@ def check_destination(path: str | os.PathLike, overwrite: bool = False) -> str:
       >>> check_destination(tempfile.mkdtemp() + "/run").endswith("/run")
       True
     """
-    fs, final = _resolve(path)
+    fs, final = _resolve(path, filesystem)
     _check_destination(fs, final, path, overwrite)
-    return _display(path, final)
+    return _shown(path, final, filesystem)
 
 
 def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
-                 overwrite: bool = False, metadata: dict | None = None) -> str:
+                 overwrite: bool = False, metadata: dict | None = None,
+                 filesystem: pafs.FileSystem | None = None) -> str:
     """Writes a ``JacStream`` to a result folder, one record batch per shard as it arrives.
 
-    Everything is written into a hidden sibling folder that is renamed to ``path`` only when
-    complete, so readers never see a partial result; an existing result is replaced (after the
-    new one is complete) only with ``overwrite=True``.
+    The files are written into a hidden sibling folder that is renamed to ``path`` only when
+    complete, so a reader never sees a partial result; an existing result is replaced, after
+    the new one is complete, only with ``overwrite=True``.
 
     Args:
       path: the run's folder: a local path or a ``pyarrow.fs`` URI (``s3://``, ``file://``).
@@ -154,6 +157,7 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
       overwrite: replace an existing result at ``path``.
       metadata: JSON-serialisable run information (resolved config, options, timings) stored
         with the result; its ``timings`` and ``versions`` are merged with rayjac's own.
+      filesystem: a ``pyarrow.fs.FileSystem`` to use instead of the one ``path`` names.
 
     Returns:
       The resolved path of the result folder.
@@ -166,7 +170,7 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
     """
     if format not in SCHEMA.formats:
         raise ValueError(f"Unknown result format {format!r}; use one of {list(SCHEMA.formats)}.")
-    fs, final = _resolve(path)
+    fs, final = _resolve(path, filesystem)
     _check_destination(fs, final, path, overwrite)
     desc = _describe(stream, format, dict(metadata or {}))
     tmp = _sibling(final, "tmp")
@@ -177,28 +181,31 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
     except BaseException:
         _remove(fs, tmp)
         raise
-    return _display(path, final)
+    return _shown(path, final, filesystem)
 
 
-def _resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+# ------------------------------------------------------------------------ folders, atomically
+
+def _resolve(path: str | os.PathLike, fs: pafs.FileSystem | None) -> tuple[Any, str]:
     text = os.fspath(path)
+    if fs is not None:
+        return fs, text.rstrip("/")
     if "://" in text:
         fs, inner = pafs.FileSystem.from_uri(text)
-    else:
-        fs, inner = pafs.LocalFileSystem(), os.path.abspath(text)
-    return fs, inner.rstrip("/")
+        return fs, inner.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(text)
 
 
-def _display(path: str | os.PathLike, final: str) -> str:
+def _shown(path: str | os.PathLike, final: str, fs: Any) -> str:
     text = os.fspath(path)
-    return text.rstrip("/") if "://" in text else final
+    return text.rstrip("/") if "://" in text or fs is not None else final
 
 
 def _check_destination(fs, final: str, path, overwrite: bool) -> None:
     name = posixpath.basename(final)
-    if not name or name in (".", "..") or "/" not in final:
-        raise ValueError(f"Invalid result path {os.fspath(path)!r}: name a folder inside an "
-                         "existing or creatable parent folder, e.g. results/run.")
+    if name in ("", ".", "..") or "/" not in final:
+        raise ValueError(f"Invalid result path {os.fspath(path)!r}: name a folder inside a "
+                         "parent folder, e.g. results/run.")
     state = _state(fs, final)
     if state == "other":
         raise FileExistsError(
@@ -211,7 +218,7 @@ def _check_destination(fs, final: str, path, overwrite: bool) -> None:
 
 
 def _state(fs, final: str) -> str:
-    """``absent``, ``empty`` (a folder), ``result`` (only rayjac files) or ``other``."""
+    """``absent``, ``empty`` (folder), ``result`` (a folder of rayjac files only) or ``other``."""
     info = fs.get_file_info(final)
     if info.type == pafs.FileType.NotFound:
         return "absent"
@@ -233,10 +240,9 @@ def _remove(fs, folder: str) -> None:
 
 
 def _publish(fs, tmp: str, final: str, path, overwrite: bool) -> None:
-    """Puts the complete ``tmp`` folder at ``final``; an old result goes only after that."""
-    state = _state(fs, final)  # again: another writer may have finished meanwhile
-    _check_destination(fs, final, path, overwrite)
-    old = None
+    """Puts the complete ``tmp`` at ``final``; an old result is deleted only after that."""
+    _check_destination(fs, final, path, overwrite)  # again: another run may have finished
+    state, old = _state(fs, final), None
     if state == "result":
         old = _sibling(final, "old")
         fs.move(final, old)
@@ -253,50 +259,37 @@ def _publish(fs, tmp: str, final: str, path, overwrite: bool) -> None:
 
 
 def _move_dir(fs, tmp: str, final: str) -> None:
-    """A rename where the filesystem has one; else copy with ``metadata.json`` last (a folder
-    without it is not a result), as on object stores."""
+    """A rename where the filesystem has one; else (object stores) a copy with metadata.json
+    last, since a folder without it is not a result."""
     try:
         fs.move(tmp, final)
         return
     except (OSError, NotImplementedError, pa.ArrowNotImplementedError):
         if isinstance(fs, pafs.LocalFileSystem):
             raise
+    names = [posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(tmp))]
     fs.create_dir(final, recursive=True)
-    names = sorted((posixpath.basename(i.path) for i in
-                    fs.get_file_info(pafs.FileSelector(tmp))),
-                   key=lambda n: n == SCHEMA.metadata)
-    for name in names:
+    for name in sorted(names, key=lambda name: name == SCHEMA.metadata):
         fs.copy_file(f"{tmp}/{name}", f"{final}/{name}")
     _remove(fs, tmp)
 
 
-# ---------------------------------------------------------------------------------- describing
+# ------------------------------------------------------------------------------------- writing
 
 def _describe(stream: Any, fmt: str, extra: dict) -> dict:
-    """The JSON description stored in every file's schema metadata and in ``metadata.json``."""
-    layout = stream.layout
+    """The JSON description kept in every file's schema metadata and in ``metadata.json``."""
     desc = {**extra, "schema_version": SCHEMA.version, "format": fmt,
             "files": dict(zip(("jacobian", "value_aux", "metadata"), SCHEMA.files(fmt))),
-            "encodings": ts.ENCODINGS, "jacobian": _describe_layout(layout),
+            "encodings": ts.ENCODINGS, "jacobian": ts.describe_layout(stream.layout),
             "value": ts.describe_tree(stream.value, "value"),
             "aux": ts.describe_tree(stream.aux, "aux")}
     desc["versions"] = {**extra.get("versions", {}), **_versions()}
     desc["timings"] = dict(extra.get("timings", {}))
-    json.dumps(desc)  # fail now, before computing, on metadata that JSON cannot hold
+    try:
+        json.dumps(desc)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"write_result(metadata=...) must be JSON-serialisable: {err}") from None
     return desc
-
-
-def _describe_layout(layout: Layout) -> dict:
-    basis = layout.basis
-    inputs = [{"path": p, "shape": list(s), "dtype": np.dtype(d).name, "offset": o, "size": n}
-              for p, s, d, o, n in zip(ts.leaf_paths(layout.in_tree), basis.shapes,
-                                       basis.dtypes, basis.offsets, basis.sizes)]
-    outputs = [ts.describe_leaf(f"out_{k}", p, s, d, "output")
-               for k, (p, s, d) in enumerate(zip(ts.leaf_paths(layout.out_tree),
-                                                 layout.out_shapes, layout.out_dtypes))]
-    return {"columns": basis.n, "inputs": inputs, "outputs": outputs,
-            "in_tree": ts.treedef_to_json(layout.in_tree, "input structure"),
-            "out_tree": ts.treedef_to_json(layout.out_tree, "output")}
 
 
 def _versions() -> dict:
@@ -307,50 +300,44 @@ def _versions() -> dict:
     return found
 
 
-# ------------------------------------------------------------------------------------- writing
-
 def _write_files(fs, folder: str, stream: Any, desc: dict) -> None:
     jac_file, value_aux_file, meta_file = SCHEMA.files(desc["format"])
     start = time.perf_counter()
-    with contextlib.closing(_Closable(stream.shards)):
+    try:
         timings = _write_jacobian(fs, f"{folder}/{jac_file}", stream, desc)
-    desc["timings"].update(timings, total_s=time.perf_counter() - start)
-    _write_value_aux(fs, f"{folder}/{value_aux_file}", stream, desc)
+    finally:  # on failure, lets a generator of shards (the engine) cancel its work
+        getattr(stream.shards, "close", lambda: None)()
+    desc["timings"].update(timings, write_total_s=time.perf_counter() - start)
+    leaves = [leaf for part in ("value", "aux") if desc[part] for leaf in desc[part]["leaves"]]
+    schema = ts.table_schema(leaves, _metadata(desc), index=False)
+    with _table_writer(fs, f"{folder}/{value_aux_file}", schema, desc["format"]) as writer:
+        batch = ts.tree_batch(schema, leaves, [stream.value, stream.aux])
+        if batch is not None:
+            writer.write_batch(batch)
     with fs.open_output_stream(f"{folder}/{meta_file}") as out:
         out.write(json.dumps(desc, indent=2).encode())
 
 
-class _Closable:
-    """Closes a shard generator when writing stops early, so the engine can cancel its work."""
-
-    def __init__(self, shards: Any):
-        self.shards = shards
-
-    def close(self) -> None:
-        getattr(self.shards, "close", lambda: None)()
-
-
 def _write_jacobian(fs, file: str, stream: Any, desc: dict) -> dict:
-    """Streams shards into ``file``; returns the time spent waiting for them and writing."""
+    """Writes each shard as it arrives; returns the time spent waiting for shards and writing."""
     jac = desc["jacobian"]
-    schema = _jacobian_schema(jac, desc)
+    schema = ts.table_schema(jac["outputs"], _metadata(desc), index=True)
     covered = np.zeros(jac["columns"], dtype=bool)
     waited = written = 0.0
     with _table_writer(fs, file, schema, desc["format"]) as writer:
-        shards = iter(stream.shards)
-        while True:
-            t0 = time.perf_counter()
-            shard = next(shards, None)
-            t1 = time.perf_counter()
-            if shard is None:
-                break
-            batch = _shard_batch(schema, stream.layout, jac, covered, *shard)
+        ready = time.perf_counter()
+        for start, rows in stream.shards:
+            arrived = time.perf_counter()
+            batch = ts.shard_batch(schema, stream.layout, jac["outputs"], covered, start, rows)
             if batch.num_rows:
                 writer.write_batch(batch)
-            waited, written = waited + t1 - t0, written + time.perf_counter() - t1
+            del batch, rows  # hold no shard while waiting for the next one
+            waited += arrived - ready
+            ready = time.perf_counter()
+            written += ready - arrived
     if not covered.all():
-        raise ValueError(f"The shards covered {int(covered.sum())} of {covered.size} tangent "
-                         "columns; the result is incomplete and was not written.")
+        raise ValueError(f"The shards covered {int(covered.sum())} of the {covered.size} "
+                         "tangent columns; the result is incomplete and was not written.")
     return {"shards_wait_s": waited, "jacobian_write_s": written}
 
 
@@ -358,72 +345,33 @@ def _write_jacobian(fs, file: str, stream: Any, desc: dict) -> dict:
 def _table_writer(fs, file: str, schema: pa.Schema, fmt: str) -> Iterator[Any]:
     with fs.open_output_stream(file) as sink:
         writer = (pa.ipc.new_file(sink, schema) if fmt == "arrow"
-                  else pq.ParquetWriter(sink, schema, **dict(SCHEMA.parquet)))
+                  else pq.ParquetWriter(sink, schema, **_parquet_options(schema)))
         with writer:
             yield writer
+
+
+def _parquet_options(schema: pa.Schema) -> dict:
+    split = [f"{f.name}.list.element" for f in schema
+             if isinstance(f.type, pa.FixedShapeTensorType)
+             and f.type.value_type in SCHEMA.byte_stream_split]
+    return {**dict(SCHEMA.parquet), "use_byte_stream_split": split or False}
 
 
 def _metadata(desc: dict) -> dict[str, str]:
     return {SCHEMA.key: json.dumps(desc)}
 
 
-def _jacobian_schema(jac: dict, desc: dict) -> pa.Schema:
-    fields = [pa.field(name, type_, nullable=False) for name, type_ in SCHEMA.index]
-    fields += [ts.leaf_field(leaf) for leaf in jac["outputs"] if leaf["column"]]
-    return pa.schema(fields, metadata=_metadata(desc))
-
-
-def _shard_batch(schema: pa.Schema, layout: Layout, jac: dict, covered: np.ndarray,
-                 start: int, rows: list) -> pa.RecordBatch:
-    """One shard's rows of J^T as a record batch, after checking them against the layout."""
-    length = _check_shard(layout, covered, start, rows)
-    covered[start:start + length] = True
-    cols = np.arange(start, start + length, dtype=np.int64)
-    leaf = np.searchsorted(np.cumsum(layout.basis.sizes), cols, side="right").astype(np.int32)
-    index = cols - np.asarray(layout.basis.offsets, dtype=np.int64)[leaf]
-    arrays = [pa.array(cols), pa.array(leaf), pa.array(index)]
-    arrays += [ts.to_array(r, o, schema.field(o["column"]).type)
-               for r, o in zip(rows, jac["outputs"]) if o["column"]]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _check_shard(layout: Layout, covered: np.ndarray, start: int, rows: list) -> int:
-    length = len(rows[0]) if rows else 0
-    expected = [(length,) + tuple(s) for s in layout.out_shapes]
-    got = [(tuple(np.shape(r)), np.dtype(r.dtype).name) for r in rows]
-    want = [(s, np.dtype(d).name) for s, d in zip(expected, layout.out_dtypes)]
-    if got != want:
-        raise ValueError(f"Shard at column {start} has rows (shape, dtype) {got}, expected "
-                         f"{want} (one array per output leaf).")
-    if not 0 <= start <= start + length <= covered.size or covered[start:start + length].any():
-        raise ValueError(f"Shard of columns [{start}, {start + length}) overlaps another shard "
-                         f"or leaves the {covered.size} tangent columns.")
-    return length
-
-
-def _write_value_aux(fs, file: str, stream: Any, desc: dict) -> None:
-    leaves = [leaf for part in ("value", "aux") if desc[part] for leaf in desc[part]["leaves"]]
-    arrays = [np.asarray(x) for part in (stream.value, stream.aux) if part is not None
-              for x in jax.tree_util.tree_leaves(part)]
-    fields = [ts.leaf_field(leaf) for leaf in leaves if leaf["column"]]
-    schema = pa.schema(fields, metadata=_metadata(desc))
-    columns = [ts.to_array(x[None], leaf, schema.field(leaf["column"]).type)
-               for x, leaf in zip(arrays, leaves) if leaf["column"]]
-    with _table_writer(fs, file, schema, desc["format"]) as writer:
-        if columns:
-            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
-
-
 # ------------------------------------------------------------------------------------- loading
 
-def load(path: str | os.PathLike) -> Result:
-    """Loads a result folder written by ``rayjac run`` or ``write_result``.
+def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) -> Result:
+    """Loads a result folder written by ``rayjac run`` (or ``write_result``).
 
     Arrow IPC files are memory-mapped: the Jacobian's arrays are views of the file (no copy)
-    when it was written as one shard, and one copy otherwise.
+    when it holds one shard in order, and one copy otherwise.
 
     Args:
       path: the run's folder: a local path or a ``pyarrow.fs`` URI (``s3://``, ``file://``).
+      filesystem: a ``pyarrow.fs.FileSystem`` to use instead of the one ``path`` names.
 
     Returns:
       A ``Result`` with ``.jacobian``, ``.value``, ``.aux`` and ``.metadata``.
@@ -436,40 +384,40 @@ def load(path: str | os.PathLike) -> Result:
     Example:
       >>> import jax.numpy as jnp, rayjac, tempfile
       >>> folder = tempfile.mkdtemp() + "/run"
-      >>> _ = rayjac._storage.write_result(folder, rayjac.jacfwd(jnp.sin).stream((jnp.zeros(2),)))
-      >>> rayjac.load(folder).metadata["jacobian"]["columns"]
+      >>> _ = rayjac._storage.write_result(folder, rayjac.jacfwd(jnp.sin).stream((jnp.ones(2),)))
+      >>> load(folder).metadata["jacobian"]["columns"]
       2
     """
-    fs, root = _resolve(path)
+    fs, root = _resolve(path, filesystem)
     shown = os.fspath(path)
     desc = _read_description(fs, root, shown)
     jac_file, value_aux_file, _ = SCHEMA.files(desc["format"])
-    jac_table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown)
-    jac = _check_version(jac_table.schema, shown, jac_file)["jacobian"]
+    table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown)
+    jac = _check_description(_table_description(table, shown, jac_file), shown, jac_file)
     with _reading(shown, jac_file):
-        jacobian = _layout(jac).assemble(_read_rows(jac_table, jac), xp=np)
+        jacobian = ts.layout_from_json(jac["jacobian"]).assemble(
+            ts.read_rows(table, jac["jacobian"]), xp=np)
     parts = _read_table(fs, f"{root}/{value_aux_file}", desc["format"], shown)
-    batch = parts.to_batches()[0] if parts.num_rows else None
     with _reading(shown, value_aux_file):
-        value, aux = (ts.read_tree(batch, desc[p]) for p in ("value", "aux"))
+        batch = parts.to_batches()[0] if parts.num_rows else None
+        value, aux = (ts.read_tree(batch, desc[part]) for part in ("value", "aux"))
     return Result(jacobian, value, aux, desc, shown)
+
+
+class _ResultError(ValueError):
+    """A result folder that cannot be read; the message says why."""
 
 
 @contextlib.contextmanager
 def _reading(shown: str, name: str) -> Iterator[None]:
-    """Turns low-level read failures into one error that names the result and the file."""
+    """Low-level read failures -> one error that names the result and the file."""
     try:
         yield
-    except (pa.ArrowException, OSError, KeyError, IndexError, TypeError, ValueError,
-            json.JSONDecodeError) as err:
-        if isinstance(err, (FileNotFoundError, _ResultError)):
-            raise
-        raise _ResultError(f"{shown}: {name} is truncated or corrupt ({err}). Re-run the job to "
-                           "write the result again.") from err
-
-
-class _ResultError(ValueError):
-    """A result folder that cannot be read (the message says why)."""
+    except _ResultError:
+        raise
+    except (pa.ArrowException, OSError, KeyError, IndexError, TypeError, ValueError) as err:
+        raise _ResultError(f"{shown}: {name} is truncated or corrupt ({err}). Re-run the job "
+                           "to write the result again.") from err
 
 
 def _read_description(fs, root: str, shown: str) -> dict:
@@ -481,14 +429,23 @@ def _read_description(fs, root: str, shown: str) -> dict:
                            "folder (the output.path of its config).")
     marker = f"{root}/{SCHEMA.metadata}"
     if fs.get_file_info(marker).type == pafs.FileType.NotFound:
-        hint = (" It looks like a sweep folder: load one of the runs listed in runs.parquet."
-                if fs.get_file_info(f"{root}/runs.parquet").type == pafs.FileType.File else
-                " A run that crashed or is still writing leaves no result; re-run it.")
+        sweep = fs.get_file_info(f"{root}/runs.parquet").type == pafs.FileType.File
+        hint = (" It is a sweep's folder: load one of the runs listed in its runs.parquet."
+                if sweep else " A run that crashed or is still writing leaves no result.")
         raise _ResultError(f"{shown} is not a complete rayjac result: it has no "
                            f"{SCHEMA.metadata}.{hint}")
     with _reading(shown, SCHEMA.metadata), fs.open_input_stream(marker) as src:
         desc = json.loads(src.read())
     return _check_description(desc, shown, SCHEMA.metadata)
+
+
+def _table_description(table: pa.Table, shown: str, name: str) -> dict:
+    raw = (table.schema.metadata or {}).get(SCHEMA.key.encode())
+    if raw is None:
+        raise _ResultError(f"{shown}: {name} is not a rayjac table (its schema metadata has no "
+                           f"{SCHEMA.key!r} key).")
+    with _reading(shown, name):
+        return json.loads(raw)
 
 
 def _check_description(desc: Any, shown: str, name: str) -> dict:
@@ -504,15 +461,6 @@ def _check_description(desc: Any, shown: str, name: str) -> dict:
     return desc
 
 
-def _check_version(schema: pa.Schema, shown: str, name: str) -> dict:
-    raw = (schema.metadata or {}).get(SCHEMA.key.encode())
-    if raw is None:
-        raise _ResultError(f"{shown}: {name} is not a rayjac table (its schema metadata has no "
-                           f"{SCHEMA.key!r} key).")
-    with _reading(shown, name):
-        return _check_description(json.loads(raw), shown, name)
-
-
 def _read_table(fs, file: str, fmt: str, shown: str) -> pa.Table:
     name = posixpath.basename(file)
     if fs.get_file_info(file).type == pafs.FileType.NotFound:
@@ -523,50 +471,3 @@ def _read_table(fs, file: str, fmt: str, shown: str) -> pa.Table:
             return pq.read_table(file, filesystem=fs, memory_map=local)
         source = pa.memory_map(file) if local else fs.open_input_file(file)
         return pa.ipc.open_file(source).read_all()
-
-
-def _layout(jac: dict) -> Layout:
-    shapes = lambda leaves: tuple(tuple(x["shape"]) for x in leaves)  # noqa: E731
-    dtypes = lambda leaves: tuple(ts.dtype_of(x) for x in leaves)  # noqa: E731
-    basis = TangentBasis(shapes(jac["inputs"]), dtypes(jac["inputs"]))
-    return Layout(basis, ts.treedef_from_json(jac["in_tree"]),
-                  ts.treedef_from_json(jac["out_tree"]), shapes(jac["outputs"]),
-                  dtypes(jac["outputs"]))
-
-
-def _read_rows(table: pa.Table, jac: dict) -> list[np.ndarray]:
-    """Rows of J^T in column order: views of the file when it holds one ordered batch."""
-    n, outputs = jac["columns"], [leaf for leaf in jac["outputs"]]
-    batches = table.to_batches()
-    if len(batches) == 1 and _is_arange(batches[0].column("column"), n):
-        stored = [_stored(batches[0], leaf, n) for leaf in outputs]
-    else:
-        stored = _gather(batches, outputs, n)
-    return [ts.decode(values, leaf) for values, leaf in zip(stored, outputs)]
-
-
-def _stored(batch: pa.RecordBatch, leaf: dict, n: int) -> np.ndarray:
-    if leaf["column"] is None:
-        return np.empty((n, 0))
-    return ts.stored_values(batch.column(leaf["column"]), leaf)
-
-
-def _gather(batches: list[pa.RecordBatch], outputs: list[dict], n: int) -> list[np.ndarray]:
-    """Scatters the batches' rows (any order) into place by their ``column``."""
-    stored = [ts.empty_stored(leaf, n) if leaf["column"] else np.empty((n, 0))
-              for leaf in outputs]
-    seen = np.zeros(n, dtype=np.int64)
-    for batch in batches:
-        cols = batch.column("column").to_numpy()
-        np.add.at(seen, cols, 1)
-        for dst, leaf in zip(stored, outputs):
-            if leaf["column"]:
-                dst[cols] = ts.stored_values(batch.column(leaf["column"]), leaf)
-    if not (seen == 1).all():
-        raise ValueError(f"its rows cover {int((seen > 0).sum())} of the {n} tangent columns "
-                         f"({int((seen > 1).sum())} more than once)")
-    return stored
-
-
-def _is_arange(column: pa.Array, n: int) -> bool:
-    return len(column) == n and np.array_equal(column.to_numpy(), np.arange(n))

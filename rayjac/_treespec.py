@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import pyarrow as pa
 
+from ._basis import Layout, TangentBasis
+
 LEAF = "*"
 ENCODINGS = {
     "plain": "the Arrow value type is the leaf's dtype",
@@ -151,8 +153,9 @@ def stored_values(array: pa.Array, leaf: dict) -> np.ndarray:
     return values.reshape((len(array),) + _stored_shape(leaf))
 
 
-def empty_stored(leaf: dict, n: int) -> np.ndarray:
-    """Uninitialised room for ``n`` rows of stored values."""
+def _empty_stored(leaf: dict, n: int) -> np.ndarray:
+    if leaf["column"] is None:
+        return np.empty((n, 0))
     return np.empty((n,) + _stored_shape(leaf), _stored_dtype(leaf))
 
 
@@ -177,3 +180,115 @@ def _one_row(batch: pa.RecordBatch | None, leaf: dict) -> np.ndarray:
     if leaf["column"] is None:
         return np.empty((1, 0))
     return stored_values(batch.column(leaf["column"]), leaf)
+
+
+# ------------------------------------------------------------ the Jacobian table: one row a column
+
+INDEX = (("flat_index", pa.int64()), ("input_leaf", pa.int32()), ("input_index", pa.int64()))
+
+
+def describe_layout(layout: Layout) -> dict:
+    """The JSON description of a ``Layout``: its input leaves, output leaf specs and trees."""
+    basis = layout.basis
+    inputs = [{"path": p, "shape": list(s), "dtype": np.dtype(d).name, "offset": o, "size": n}
+              for p, s, d, o, n in zip(leaf_paths(layout.in_tree), basis.shapes,
+                                       basis.dtypes, basis.offsets, basis.sizes)]
+    outputs = [describe_leaf(f"out_{k}", p, s, d, "output")
+               for k, (p, s, d) in enumerate(zip(leaf_paths(layout.out_tree),
+                                                 layout.out_shapes, layout.out_dtypes))]
+    return {"columns": basis.n, "inputs": inputs, "outputs": outputs,
+            "in_tree": treedef_to_json(layout.in_tree, "input structure"),
+            "out_tree": treedef_to_json(layout.out_tree, "output")}
+
+
+def layout_from_json(jac: dict) -> Layout:
+    """Inverse of ``describe_layout``."""
+    shapes = lambda leaves: tuple(tuple(x["shape"]) for x in leaves)  # noqa: E731
+    dtypes = lambda leaves: tuple(dtype_of(x) for x in leaves)  # noqa: E731
+    return Layout(TangentBasis(shapes(jac["inputs"]), dtypes(jac["inputs"])),
+                  treedef_from_json(jac["in_tree"]), treedef_from_json(jac["out_tree"]),
+                  shapes(jac["outputs"]), dtypes(jac["outputs"]))
+
+
+def table_schema(leaves: list[dict], metadata: dict[str, str], index: bool) -> pa.Schema:
+    """The schema of a table of leaves (with the ``INDEX`` columns first for the Jacobian)."""
+    fields = [pa.field(name, type_, nullable=False) for name, type_ in INDEX] if index else []
+    fields += [leaf_field(leaf) for leaf in leaves if leaf["column"]]
+    return pa.schema(fields, metadata=metadata)
+
+
+def shard_batch(schema: pa.Schema, layout: Layout, outputs: list[dict], covered: np.ndarray,
+                start: int, rows: list) -> pa.RecordBatch:
+    """One shard's rows of J^T as a record batch, after checking them against the layout."""
+    length = _check_shard(layout, covered, start, rows)
+    covered[start:start + length] = True
+    cols = np.arange(start, start + length, dtype=np.int64)
+    leaf = np.searchsorted(np.cumsum(layout.basis.sizes), cols, side="right").astype(np.int32)
+    index = cols - np.asarray(layout.basis.offsets, dtype=np.int64)[leaf]
+    arrays = [pa.array(cols), pa.array(leaf), pa.array(index)]
+    arrays += [to_array(r, o, schema.field(o["column"]).type)
+               for r, o in zip(rows, outputs) if o["column"]]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _check_shard(layout: Layout, covered: np.ndarray, start: int, rows: list) -> int:
+    length = len(rows[0]) if len(rows) else 0
+    got = [(tuple(np.shape(r)), np.dtype(r.dtype).name) for r in rows]
+    want = [((length, *s), np.dtype(d).name) for s, d in zip(layout.out_shapes,
+                                                             layout.out_dtypes)]
+    if got != want:
+        raise ValueError(f"The shard at column {start} has rows (shape, dtype) {got}; expected "
+                         f"{want}, one array per output leaf.")
+    if not 0 <= start <= start + length <= covered.size or covered[start:start + length].any():
+        raise ValueError(f"The shard of columns [{start}, {start + length}) overlaps another "
+                         f"shard or lies outside the {covered.size} tangent columns.")
+    return length
+
+
+def tree_batch(schema: pa.Schema, leaves: list[dict], trees: list[Any]) -> pa.RecordBatch | None:
+    """The one-row batch of the value and aux leaves (``None`` when no leaf has a column)."""
+    arrays = [np.asarray(x) for tree in trees if tree is not None
+              for x in jax.tree_util.tree_leaves(tree)]
+    columns = [to_array(x[None], leaf, schema.field(leaf["column"]).type)
+               for x, leaf in zip(arrays, leaves) if leaf["column"]]
+    return pa.RecordBatch.from_arrays(columns, schema=schema) if columns else None
+
+
+def read_rows(table: pa.Table, jac: dict) -> list[np.ndarray]:
+    """Rows of J^T in column order: views of the file when it holds one ordered batch."""
+    n, outputs = jac["columns"], jac["outputs"]
+    batches = table.to_batches()
+    if len(batches) == 1 and _is_arange(batches[0].column("flat_index"), n):
+        stored = [_stored(batches[0], leaf, n) for leaf in outputs]
+    else:
+        stored = _gather(batches, outputs, n)
+    rows = [decode(values, leaf) for values, leaf in zip(stored, outputs)]
+    for r in rows:  # as the zero-copy views of a memory-mapped file are
+        r.flags.writeable = False
+    return rows
+
+
+def _stored(batch: pa.RecordBatch, leaf: dict, n: int) -> np.ndarray:
+    if leaf["column"] is None:
+        return np.empty((n, 0))
+    return stored_values(batch.column(leaf["column"]), leaf)
+
+
+def _gather(batches: list[pa.RecordBatch], outputs: list[dict], n: int) -> list[np.ndarray]:
+    """Scatters the rows of batches in any order into place, by their ``column``."""
+    stored = [_empty_stored(leaf, n) for leaf in outputs]
+    seen = np.zeros(n, dtype=np.int64)
+    for batch in batches:
+        cols = batch.column("flat_index").to_numpy()
+        np.add.at(seen, cols, 1)
+        for dst, leaf in zip(stored, outputs):
+            if leaf["column"]:
+                dst[cols] = stored_values(batch.column(leaf["column"]), leaf)
+    if not (seen == 1).all():
+        raise ValueError(f"its rows cover {int((seen > 0).sum())} of the {n} tangent columns "
+                         f"({int((seen > 1).sum())} more than once)")
+    return stored
+
+
+def _is_arange(column: pa.Array, n: int) -> bool:
+    return len(column) == n and np.array_equal(column.to_numpy(), np.arange(n))
