@@ -49,14 +49,15 @@ class ShardError(RuntimeError):
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Joins the given cluster, or the running one, or starts a local Ray on loopback."""
+    """Uses Ray as already initialised in this process, else joins ``address`` (or
+    ``RAY_ADDRESS``), else starts an embedded local Ray sized to this machine, on loopback."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1",
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1")
 
 
@@ -90,12 +91,14 @@ class _Pool:
         while len(self.actors) < wanted:
             self.actors.append(_RemoteWorker.options(
                 num_cpus=self.options.num_cpus, num_gpus=self.options.num_gpus,
-                max_restarts=-1, max_task_retries=0, max_concurrency=1,
+                max_restarts=0, max_task_retries=0, max_concurrency=1,
                 runtime_env={"env_vars": env}).remote(self.options.num_cpus))
 
     def drop(self, actor) -> None:
+        """Forgets a lost actor; the pool grows a fresh one where resources allow."""
         if actor in self.actors:
             self.actors.remove(actor)
+        ray.kill(actor, no_restart=True)
 
 
 _pools: dict[tuple, _Pool] = {}
@@ -158,8 +161,8 @@ class _Call:
 
     def _fill(self) -> None:
         busy = {a for a, _ in self.in_flight.values()}
-        if not self.pool.actors:
-            self.pool.grow(len(self.pending))
+        if len(self.pool.actors) <= len(busy) and self.pending:
+            self.pool.grow(len(self.pool.actors) + 1)
         for actor in [a for a in self.pool.actors if a not in busy]:
             if not self.pending:
                 return
@@ -197,7 +200,8 @@ class _Call:
                     f"{self.attempts[shard]} times (worker died: {err}). Check the workers' "
                     "memory (lower chunk_size) and the Ray logs under /tmp/ray/session_latest/"
                     "logs.") from None
-            self.pending.append(shard)  # retried on the restarted or another worker
+            self.pool.drop(actor)
+            self.pending.append(shard)  # retried on another (or a fresh) worker
             return None
 
 

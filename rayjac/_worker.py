@@ -57,12 +57,13 @@ class Worker:
                 os.sched_setaffinity(0, self.cores)  # before JAX starts its thread pool
         self._programs: dict[str, Any] = {}
         self._call: tuple[str, Any] | None = None
+        self.fetches = {"program": 0, "data": 0}
 
     def _fetch(self, ref: Any) -> Any:
         raise NotImplementedError  # ray.get, provided by the Ray wrapper
 
     def describe(self) -> dict:
-        return {"pid": os.getpid(), "cores": self.cores}
+        return {"pid": os.getpid(), "cores": self.cores, "fetches": dict(self.fetches)}
 
     def rows(self, token: str, program_box: list, call_id: str, data_box: list, start: int,
              length: int) -> list[np.ndarray]:
@@ -70,10 +71,12 @@ class Worker:
         program = self._programs.get(token)
         if program is None:
             program = self._fetch(program_box[0])
+            self.fetches["program"] += 1
             program.strict = True
             self._programs = {**dict(list(self._programs.items())[-7:]), token: program}
         if self._call is None or self._call[0] != call_id:
             data = self._fetch(data_box[0])
+            self.fetches["data"] += 1
             self._call = (call_id, [[jnp.asarray(x) for x in xs] for xs in data])
         diff, const, state = self._call[1]
         rows = program.rows_jit(diff, const, state, start, length=length)

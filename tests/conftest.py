@@ -13,8 +13,11 @@ def ray_local():
     """A real single-node Ray (2 CPUs) shared by every test of the session."""
     import ray
 
+    # Functions defined in test modules are pickled by reference: workers import them too.
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (here, os.path.dirname(here), os.environ.get("PYTHONPATH")) if p)
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu"}})
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()

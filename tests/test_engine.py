@@ -1,0 +1,242 @@
+"""The Ray engine: sharded results equal in-process ones, broadcast once, faults, resources."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rayjac
+from helpers import check_case, tree_allclose
+from rayjac import _engine
+
+
+@pytest.fixture(autouse=True)
+def _ray(ray_local):
+    yield
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 50])
+@pytest.mark.parametrize("kind,argnums,has_aux,return_value", [
+    ("none", None, False, False), ("dict", (0, 1), True, True), ("list", None, False, True),
+    ("single", 1, True, False), ("tuple", (1,), False, False)])
+def test_sharded_matches_in_process(kind, argnums, has_aux, return_value, shards):
+    check_case(kind, argnums, has_aux, return_value, shards=shards)
+
+
+@pytest.mark.parametrize("shards,chunk_size", [(2, 1), (3, 5), (2, 17), (4, 40)])
+def test_sharded_with_chunks(shards, chunk_size):
+    check_case("dict", (0, 1), True, True, chunk_size=chunk_size, shards=shards)
+
+
+def test_sharded_equals_in_process_exactly_and_keeps_dtypes():
+    f = lambda a, b: (jnp.tanh(a) * b.sum(), (a * 2).astype(jnp.float16))  # noqa: E731
+    a = jnp.linspace(0, 1, 9, dtype=jnp.float16)
+    b = jnp.linspace(-1, 1, 4)
+    local = rayjac.jacfwd(f, argnums=(0, 1), chunk_size=4)(a, b)
+    tree_allclose(rayjac.jacfwd(f, argnums=(0, 1), shards=3, chunk_size=4)(a, b), local,
+                  rtol=0, atol=0)
+
+
+def test_state_writes_applied_once_on_the_driver():
+    v = rayjac.Variable(jnp.array([1.0, 2.0, 3.0]))
+    calls = rayjac.Variable(jnp.zeros(()))
+
+    def f():
+        calls.value = calls.value + 1
+        v.value = 2 * v.value
+        return v.value ** 2
+
+    jac = rayjac.jacfwd(f, grad_vars=v, shards=3, chunk_size=1)()
+    tree_allclose(jac, jnp.diag(8 * jnp.array([1.0, 2.0, 3.0])))
+    np.testing.assert_array_equal(v.value, [2.0, 4.0, 6.0])
+    assert float(calls.value) == 1.0
+
+
+def test_holomorphic_and_integer_outputs_sharded():
+    z = jnp.array([1 + 1j, 0.5 - 2j, 2j], jnp.complex64)
+    f = lambda z: z ** 3  # noqa: E731
+    tree_allclose(rayjac.jacfwd(f, holomorphic=True, shards=2)(z),
+                  jax.jacfwd(f, holomorphic=True)(z))
+    jac = rayjac.jacfwd(lambda x: (x * 3).astype(jnp.int32), shards=2)(jnp.ones(3))
+    assert jac.dtype == jnp.int32 and not jac.any()
+
+
+def _callback(fn, x):
+    """``fn(x)`` on the host, inside the tangent kernel (its value scales the tangents)."""
+    return jax.pure_callback(fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.lax.stop_gradient(x),
+                             vmap_method="expand_dims")
+
+
+def _fetches():
+    pool = _engine._pool(_engine.WorkerOptions())
+    stats = _engine.ray.get([a.describe.remote() for a in pool.actors])
+    return {s["pid"]: s["fetches"] for s in stats}
+
+
+def test_inputs_broadcast_once_and_program_shipped_once(monkeypatch):
+    rayjac.jacfwd(lambda x: x, shards=2)(jnp.ones(2))  # the pool exists
+    before = _fetches()
+    puts = []
+    real_put = _engine.ray.put
+    monkeypatch.setattr(_engine.ray, "put", lambda x: puts.append(type(x)) or real_put(x))
+    w = rayjac.Variable(jax.random.normal(jax.random.PRNGKey(0), (64, 64)))
+    jf = rayjac.jacfwd(lambda x: jnp.tanh(w.value @ x), shards=6)
+    x = jnp.ones(64)
+    jf(x)
+    jf(x * 2)
+    # two calls: the inputs once per call, the program (function, Variables) once in all
+    assert puts.count(tuple) == 2 and len(puts) == 3
+    after = _fetches()
+    for pid, fetched in after.items():
+        old = before.get(pid, {"program": 0, "data": 0})
+        assert fetched["program"] - old["program"] <= 1  # then cached on the actor
+        assert fetched["data"] - old["data"] <= 2  # once per call, not per shard
+
+
+def test_function_that_raises_on_a_worker_reports_the_shard():
+    driver = os.getpid()
+
+    def check(x):
+        if os.getpid() != driver:
+            raise ValueError("bad column on worker")
+        return x
+
+    def f(x):
+        return x * _callback(check, x)
+
+    with pytest.raises(_engine.ShardError, match=r"(?s)tangent columns \[\d+, \d+\).*"
+                       r"bad column on worker.*shards=None"):
+        rayjac.jacfwd(f, shards=2)(jnp.ones(4))
+
+
+def test_worker_killed_mid_shard_is_retried(tmp_path):
+    marker = str(tmp_path / "killed-once")
+    driver = os.getpid()
+
+    def maybe_die(x):
+        if os.getpid() != driver and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # the worker process dies mid-shard, once
+        return x
+
+    def f(x):
+        return jnp.sin(x) * _callback(maybe_die, x)
+
+    x = jnp.linspace(0, 1, 6)
+    got = rayjac.jacfwd(f, shards=3)(x)
+    assert os.path.exists(marker)
+    tree_allclose(got, rayjac.jacfwd(f)(x), rtol=0, atol=0)
+
+
+def test_missing_gpus_is_a_clear_error():
+    jf = rayjac.jacfwd(lambda x: x * 2, shards=2)
+    with pytest.raises(ValueError, match=r"num_gpus=1.*has 0 GPU"):
+        list(jf.stream((jnp.ones(3),), workers=_engine.WorkerOptions(num_gpus=1)).shards)
+
+
+def test_sharded_call_inside_jit_is_an_error():
+    jf = rayjac.jacfwd(lambda x: x * 2, shards=2)
+    with pytest.raises(TypeError, match="outermost call"):
+        jax.jit(jf)(jnp.ones(3))
+
+
+def test_stream_yields_shards_that_cover_all_columns():
+    jf = rayjac.jacfwd(lambda x: jnp.cumsum(x), shards=4)
+    stream = jf.stream((jnp.ones(10),))
+    starts = sorted((s, len(r[0])) for s, r in stream.shards)
+    assert starts == [(0, 2), (2, 3), (5, 2), (7, 3)]
+
+
+def test_progress_only_on_a_terminal(monkeypatch, capsys):
+    progress = _engine._Progress(3)
+    progress.step()
+    progress.close()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    progress = _engine._Progress(2)
+    progress.step()
+    progress.step()
+    progress.close()
+    assert "shards 2/2" in capsys.readouterr().err
+
+
+def test_workers_pin_distinct_cores():
+    pool = _engine._pool(_engine.WorkerOptions())
+    rayjac.jacfwd(lambda x: x * 2, shards=2)(jnp.ones(4))
+    cores = [_engine.ray.get(a.describe.remote())["cores"] for a in pool.actors]
+    pinned = [c for c in cores if c]
+    assert len({tuple(c) for c in pinned}) == len(pinned)  # never two on one core
+
+
+def _run_script(body: str, timeout: int = 240) -> str:
+    """Runs a script with its own Ray cluster (ray.cluster_utils.Cluster) in a subprocess."""
+    script = textwrap.dedent(body)
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONPATH": os.path.dirname(__file__)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc.stdout
+
+
+def test_logical_gpus_are_requested_on_a_multi_node_cluster():
+    out = _run_script("""
+        from ray.cluster_utils import Cluster
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1, num_gpus=2)
+        import ray
+        ray.init(address=cluster.address)
+        import jax.numpy as jnp, numpy as np, rayjac
+        from rayjac import _engine
+        f = lambda x: jnp.tanh(x) * x.sum()
+        x = jnp.linspace(0, 1, 8)
+        opts = _engine.WorkerOptions(num_cpus=0, num_gpus=0.5)
+        stream = rayjac.jacfwd(f, shards=4).stream((x,), workers=opts)
+        rows = dict(stream.shards)
+        pool = _engine._pool(opts)
+        assert len(pool.actors) == 4, len(pool.actors)  # 2 logical GPUs / 0.5 each
+        env = [ray.get(a.describe.remote()) for a in pool.actors]
+        full = np.concatenate([rows[k][0] for k in sorted(rows)]).T
+        np.testing.assert_allclose(full, rayjac.jacfwd(f)(x), rtol=1e-6)
+        print("OK", len(pool.actors))
+        ray.shutdown(); cluster.shutdown()
+    """)
+    assert "OK 4" in out
+
+
+def test_node_removed_mid_run_costs_only_its_shards():
+    out = _run_script("""
+        import os, threading, time, tempfile
+        from ray.cluster_utils import Cluster
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        node = cluster.add_node(num_cpus=1)
+        import ray
+        ray.init(address=cluster.address)
+        import jax, jax.numpy as jnp, numpy as np, rayjac
+        started = tempfile.mktemp()
+        driver = os.getpid()
+        def slow(x):
+            if os.getpid() != driver:
+                open(started, "a").close()
+                time.sleep(1.0)
+            return x
+        def f(x):
+            y = jax.pure_callback(slow, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                  jax.lax.stop_gradient(x), vmap_method="expand_dims")
+            return jnp.sin(x) * y
+        x = jnp.linspace(0, 1, 8)
+        def remove():
+            while not os.path.exists(started):
+                time.sleep(0.05)
+            cluster.remove_node(node)
+        threading.Thread(target=remove).start()
+        got = rayjac.jacfwd(f, shards=4)(x)
+        np.testing.assert_allclose(got, rayjac.jacfwd(f)(x), rtol=0, atol=0)
+        print("OK")
+        ray.shutdown(); cluster.shutdown()
+    """)
+    assert "OK" in out
