@@ -188,8 +188,9 @@ class JacFwd:
         for start, shard in stream.shards:
             for dst, src in zip(rows, shard):
                 dst[start:start + len(src)] = src
-        jac = jax.tree_util.tree_map(jnp.asarray, stream.layout.assemble(rows, xp=np))
-        return self._format(jac, stream.value, stream.aux)
+        to_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
+        return self._format(to_jax(stream.layout.assemble(rows, xp=np)), to_jax(stream.value),
+                            to_jax(stream.aux))
 
     def _format(self, jac, out, aux):
         if self.return_value and self.has_aux:
