@@ -1,0 +1,8 @@
+"""``python -m rayjac``: the same as the ``rayjac`` command."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

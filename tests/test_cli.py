@@ -1,0 +1,140 @@
+"""The ``rayjac`` command line (rayjac._cli): exit codes, messages, run/show/plot."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rayjac._cli import main
+from rayjac._storage import load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run from a tmp folder that sees the shipped jobs and configs, like a user's checkout."""
+    (tmp_path / "jobs").symlink_to(REPO / "jobs")
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+MLP = ["--set", "params.sizes=[3, 4, 4, 2]", "--set", "params.batch=2",
+       "--set", "execution.shards=null"]
+
+
+def test_run_show_and_plot(workdir, capsys):
+    code, out, err = cli(capsys, "run", "configs/mlp.yaml", *MLP)
+    assert code == 0 and out == f"wrote {workdir / 'results' / 'mlp'}\n"
+    assert [leaf.shape for leaf in load("results/mlp").jacobian][:2] == [(2, 2, 3, 4),
+                                                                          (2, 2, 4)]
+    code, out, _ = cli(capsys, "show", "results/mlp")
+    assert code == 0
+    assert "problem  jobs.mlp:make" in out
+    assert "jacobian w0                   float32    (2, 2, 3, 4)" in out
+    assert "timings  factory_s" in out and "versions rayjac" in out
+    code, out, _ = cli(capsys, "plot", "results/mlp", "-o", "mlp.png")
+    assert code == 0 and out == "wrote mlp.png\n"
+    assert (workdir / "mlp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_result_is_a_short_error(workdir, capsys):
+    assert cli(capsys, "run", "configs/mlp.yaml", *MLP)[0] == 0
+    code, out, err = cli(capsys, "run", "configs/mlp.yaml", *MLP)
+    assert code == 1 and out == ""
+    assert err.startswith("rayjac run: error: A result already exists at results/mlp.")
+    assert cli(capsys, "run", "configs/mlp.yaml", *MLP, "--set", "output.overwrite=true")[0] == 0
+
+
+def test_address_option_sets_execution_address(workdir, capsys):
+    assert cli(capsys, "run", "configs/mlp.yaml", *MLP, "--address", "ray://head:10001")[0] == 0
+    assert load("results/mlp").metadata["config"]["execution"]["address"] == "ray://head:10001"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("problem: jobs.lorenz96:make\nexecution: {shard: 2}\n",
+     ["invalid bad.yaml (1 problem):", "execution.shard: unknown key; valid keys: shards,"]),
+    ("problem: jobs/lorenz96.py\nname: a/b\n",
+     ["(2 problems)", "name: 'a/b' is not a valid run name", "problem: expected 'module:function'"]),
+    ("name: x\n", ["problem: required key is missing"]),
+    ("problem: [oops\n", ["invalid YAML at line 2"]),
+    ("problem: nowhere_xyz.jobs:make\n", ["problem: cannot import 'nowhere_xyz.jobs'"]),
+    ("problem: jobs.lorenz96:make\njacfwd: {grad_vars: F}\n",
+     ["jacfwd.grad_vars: jobs.lorenz96:make has no variable 'F'; its variables are: forcing"]),
+])
+def test_config_errors_exit_2_with_every_problem(workdir, capsys, text, words):
+    write(workdir / "bad.yaml", text)
+    code, out, err = cli(capsys, "run", "bad.yaml")
+    assert code == 2 and out == ""
+    assert err.startswith("rayjac run: error: invalid bad.yaml (")
+    for word in words:
+        assert word in err
+
+
+def test_bad_overrides_and_missing_config(workdir, capsys):
+    code, _, err = cli(capsys, "run", "configs/mlp.yaml", "--set", "execution.shard=2",
+                       "--set", "params")
+    assert code == 2
+    assert "--set execution.shard=2: unknown key 'execution.shard'" in err
+    assert "--set params: expected KEY=VALUE" in err
+    code, _, err = cli(capsys, "run", "nope.yaml")
+    assert code == 2 and "invalid nope.yaml (1 problem):\n  - cannot read the config file" in err
+
+
+def test_sweep_with_a_failed_run_exits_1_and_reports_it(workdir, capsys):
+    config = write(workdir / "sweep.yaml", "problem: jobs.lorenz96:make\n"
+                                           "output: {path: sw}\nsweep: {params.n: [4, 2]}\n")
+    code, out, err = cli(capsys, "run", config)
+    assert code == 1 and out == ""
+    assert "[2/2] n-2: FAILED: ValueError: Lorenz-96 needs n >= 4 sites, got n=2." in err
+    assert "1 of 2 runs done, 1 failed" in err
+    assert "failed: n-2: ValueError" in err
+    code, out, _ = cli(capsys, "show", "sw")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["run_id", "params.n", "status", "error", "path"]
+    assert out.splitlines()[1].split() == ["n-4", "4", "done", "-", "n-4"]
+    code, _, err = cli(capsys, "run", config, "--set", "sweep.params.n=[4]")
+    assert code == 0 and "[1/1] n-4: done already, skipped" in err
+
+
+def test_show_and_plot_errors(workdir, capsys):
+    code, _, err = cli(capsys, "show", "missing")
+    assert code == 1 and err.startswith("rayjac show: error: ") and "missing" in err
+    code, _, err = cli(capsys, "plot", "missing", "-o", "x.png")
+    assert code == 1 and "missing" in err
+    code, _, err = cli(capsys, "plot", "missing")
+    assert code == 2 and "the following arguments are required: -o/--output" in err
+
+
+def test_help_and_usage(capsys):
+    assert main(["--help"]) == 0
+    assert "rayjac run configs/quickstart.yaml" in capsys.readouterr().out
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+
+
+def test_python_dash_m_prints_no_traceback(workdir):
+    write(workdir / "bad.yaml", "problem: nowhere_xyz:make\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for argv, code in ((["run", "bad.yaml"], 2), (["run", "missing.yaml"], 2),
+                       (["show", "missing"], 1)):
+        proc = subprocess.run([sys.executable, "-m", "rayjac", *argv], capture_output=True,
+                              text=True, env=env, timeout=120)
+        assert proc.returncode == code, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.startswith(f"rayjac {argv[0]}: error: ")
