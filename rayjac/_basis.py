@@ -88,8 +88,11 @@ class Layout:
     def assemble(self, rows: Sequence[Any], xp=np) -> Any:
         """Rows of J^T (one ``(n, *out_shape)`` array per output leaf) -> ``var_jac``,
         ``arg_jac`` or ``(var_jac, arg_jac)``, output-first as ``jax.jacfwd`` nests them."""
-        per_output = [jax.tree_util.tree_unflatten(self.in_tree, self._blocks(r, xp))
-                      for r in rows]
+        return self.structure([self._blocks(r, xp) for r in rows])
+
+    def structure(self, blocks: list[list[Any]]) -> Any:
+        """``blocks[k][i]``, the block of output leaf k and input leaf i -> the Jacobian."""
+        per_output = [jax.tree_util.tree_unflatten(self.in_tree, b) for b in blocks]
         var_jac = jax.tree_util.tree_unflatten(self.out_tree, [p[0] for p in per_output])
         arg_jac = jax.tree_util.tree_unflatten(self.out_tree, [p[1] for p in per_output])
         if not self.has_args:
@@ -107,8 +110,18 @@ class Layout:
             blocks.append(xp.transpose(block, perm))
         return blocks
 
+    def empty_blocks(self) -> list[list[np.ndarray]]:
+        """Uninitialised Jacobian blocks, ``[k][i]`` of shape ``out_shape_k + in_shape_i``."""
+        return [[np.empty(o + i, d) for i in self.basis.shapes]
+                for o, d in zip(self.out_shapes, self.out_dtypes)]
 
-def zeros_rows(layout: Layout, xp=jnp) -> list[Any]:
-    """Empty J^T rows, e.g. for a function with no differentiated input."""
-    return [xp.zeros((layout.basis.n,) + s, d) for s, d in zip(layout.out_shapes,
-                                                                layout.out_dtypes)]
+    def scatter(self, blocks: list[list[np.ndarray]], start: int, columns: Sequence[Any]) -> None:
+        """Copies J column block ``columns[k]`` (``(prod(out_shape_k), length)``, columns
+        ``[start, start + length)``) into ``blocks``: contiguous rows, no transposition."""
+        stop = start + columns[0].shape[1]
+        for i, (off, size) in enumerate(zip(self.basis.offsets, self.basis.sizes)):
+            lo, hi = max(start, off), min(stop, off + size)
+            if lo < hi:
+                for k, cols in enumerate(columns):
+                    dst = blocks[k][i].reshape(cols.shape[0], size)
+                    dst[:, lo - off:hi - off] = cols[:, lo - start:hi - start]

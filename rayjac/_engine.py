@@ -116,9 +116,10 @@ def _pool(options: WorkerOptions) -> _Pool:
 
 
 def run_shards(program: TangentProgram, diff: list, const: list, state: list, shards: int,
-               options: WorkerOptions | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
+               options: WorkerOptions | None = None, columns: bool = False
+               ) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Starts the shards of one call on the pool; returns an iterator over finished shards
-    ``(start, rows)`` in completion order."""
+    ``(start, rows)`` in completion order (``columns``: J column blocks instead of rows)."""
     options = options or WorkerOptions()
     ensure_ray(options.address)
     ranges = program.layout.basis.split(shards)
@@ -126,7 +127,7 @@ def run_shards(program: TangentProgram, diff: list, const: list, state: list, sh
     pool.grow(len(ranges))
     program_ref = _program_ref(program)
     data_ref = ray.put(tuple([np.asarray(x) for x in xs] for xs in (diff, const, state)))
-    call = _Call(pool, program, program_ref, data_ref, ranges)
+    call = _Call(pool, program, program_ref, data_ref, ranges, columns)
     return call.results()
 
 
@@ -143,8 +144,8 @@ def _program_ref(program: TangentProgram) -> tuple[str, Any]:
 class _Call:
     """Schedules the shards of one call over the pool, one in flight per actor, with retries."""
 
-    def __init__(self, pool: _Pool, program, program_ref, data_ref, ranges):
-        self.pool, self.program, self.ranges = pool, program, ranges
+    def __init__(self, pool: _Pool, program, program_ref, data_ref, ranges, columns: bool):
+        self.pool, self.program, self.ranges, self.columns = pool, program, ranges, columns
         self.token, self.program_ref = program_ref
         self.data_ref, self.call_id = data_ref, uuid.uuid4().hex
         self.pending = list(range(len(ranges)))[::-1]
@@ -156,7 +157,7 @@ class _Call:
         start, stop = self.ranges[shard]
         self.attempts[shard] += 1
         ref = actor.rows.remote(self.token, [self.program_ref], self.call_id, [self.data_ref],
-                                start, stop - start)
+                                start, stop - start, self.columns)
         self.in_flight[ref] = (actor, shard)
 
     def _fill(self) -> None:

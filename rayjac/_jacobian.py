@@ -165,13 +165,16 @@ class JacFwd:
         The primal (value, aux, new Variable values) is computed once, here, before any
         shard; the Variable writes are applied after the last shard.
         """
-        program, diff, const, state = self._prepare(tuple(args), dict(kwargs or {}))
+        return self._start(tuple(args), dict(kwargs or {}), workers, columns=False)
+
+    def _start(self, args: tuple, kwargs: dict, workers: Any, columns: bool) -> JacStream:
+        program, diff, const, state = self._prepare(args, kwargs)
         out, aux, written = program.primal_jit(diff, const, state)
         if self.shards is None:
             shards = _local_shards(program, diff, const, state)
         else:
             from ._engine import run_shards  # the only module that imports ray
-            shards = run_shards(program, diff, const, state, self.shards, workers)
+            shards = run_shards(program, diff, const, state, self.shards, workers, columns)
         to_numpy = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
         return JacStream(program.layout, to_numpy(out) if self.return_value else None,
                          to_numpy(aux) if self.has_aux else None,
@@ -182,14 +185,12 @@ class JacFwd:
             raise TypeError("rayjac.jacfwd(..., shards=k) cannot run inside jax.jit, vmap or "
                             "another transform: the distributed path is an outermost call. Use "
                             "shards=None inside transforms.")
-        stream = self.stream(args, kwargs)
-        rows = [np.empty((stream.layout.basis.n,) + s, d)
-                for s, d in zip(stream.layout.out_shapes, stream.layout.out_dtypes)]
-        for start, shard in stream.shards:
-            for dst, src in zip(rows, shard):
-                dst[start:start + len(src)] = src
+        stream = self._start(args, kwargs, None, columns=True)
+        blocks = stream.layout.empty_blocks()
+        for start, columns in stream.shards:  # each shard copied once, as it arrives
+            stream.layout.scatter(blocks, start, columns)
         to_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
-        return self._format(to_jax(stream.layout.assemble(rows, xp=np)), to_jax(stream.value),
+        return self._format(to_jax(stream.layout.structure(blocks)), to_jax(stream.value),
                             to_jax(stream.aux))
 
     def _format(self, jac, out, aux):

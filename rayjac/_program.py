@@ -123,6 +123,12 @@ class TangentProgram:
         f = self._output_leaves(const, state)
         return tangent_rows(f, diff, self.layout, start, length, self.chunk_size)
 
+    def columns(self, diff: list, const: list, state: list, start: Any, length: int) -> list:
+        """The same columns of J, each ``(prod(out_shape), length)``: transposed here, in XLA,
+        so that a driver gathering shards only copies contiguous rows."""
+        rows = self.rows(diff, const, state, start, length)
+        return [r.reshape(length, -1).T for r in rows]
+
     def full(self, diff: list, const: list, state: list):
         """(jacobian part, output, aux, written values): the whole in-process call."""
         out, aux, written = self.pure(diff, const, state)
@@ -141,6 +147,10 @@ class TangentProgram:
     def rows_jit(self) -> Callable:
         return jax.jit(self.rows, static_argnames="length")
 
+    @functools.cached_property
+    def columns_jit(self) -> Callable:
+        return jax.jit(self.columns, static_argnames="length")
+
     def __getstate__(self) -> dict:
-        jitted = ("full_jit", "primal_jit", "rows_jit")
+        jitted = ("full_jit", "primal_jit", "rows_jit", "columns_jit")
         return {k: v for k, v in self.__dict__.items() if k not in jitted}

@@ -66,7 +66,8 @@ class Worker:
         return {"pid": os.getpid(), "cores": self.cores, "fetches": dict(self.fetches)}
 
     def rows(self, token: str, program_box: list, call_id: str, data_box: list, start: int,
-             length: int) -> list[np.ndarray]:
+             length: int, columns: bool = False) -> list[np.ndarray]:
+        """J^T rows of one shard, or (``columns``) the same block of J, transposed."""
         import jax.numpy as jnp
         program = self._programs.get(token)
         if program is None:
@@ -79,5 +80,5 @@ class Worker:
             self.fetches["data"] += 1
             self._call = (call_id, [[jnp.asarray(x) for x in xs] for xs in data])
         diff, const, state = self._call[1]
-        rows = program.rows_jit(diff, const, state, start, length=length)
-        return [np.asarray(r) for r in rows]
+        kernel = program.columns_jit if columns else program.rows_jit
+        return [np.asarray(r) for r in kernel(diff, const, state, start, length=length)]
