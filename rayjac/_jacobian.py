@@ -13,7 +13,7 @@ import numpy as np
 
 from ._basis import Layout, TangentBasis
 from ._program import TangentProgram
-from ._variables import StateTrace, Variable
+from ._variables import StateTrace, Variable, _trace_stack
 
 _is_var = lambda x: isinstance(x, Variable)  # noqa: E731
 
@@ -256,6 +256,11 @@ class JacFwd:
 
 def _apply_writes(program: TangentProgram, written: list) -> None:
     """Each written Variable takes its new primal value, once per call."""
+    if written and not _trace_stack() and any(isinstance(x, jax.core.Tracer) for x in written):
+        raise TypeError(
+            "func writes a rayjac.Variable, and this call runs inside jax.jit, vmap or another "
+            "JAX transform, where the new value would be a leaked tracer. Call the rayjac.jacfwd "
+            "function outside the transform, or return the new state instead of writing it.")
     for var, new in zip(program.written, written):
         var.value = new
 

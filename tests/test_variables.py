@@ -86,3 +86,15 @@ def test_variable_pickles_by_value():
     w = pickle.loads(pickle.dumps(v))
     np.testing.assert_array_equal(w.value, v.value)
     assert w is not v
+
+
+def test_writes_inside_jit_are_a_clear_error_not_a_leaked_tracer():
+    v = rayjac.Variable(jnp.ones(2))
+
+    def f(x):
+        v.value = v.value * 2
+        return v.value * x
+
+    with pytest.raises(TypeError, match="leaked tracer"):
+        jax.jit(rayjac.jacfwd(f))(jnp.ones(2))
+    np.testing.assert_array_equal(v.value, [1.0, 1.0])
