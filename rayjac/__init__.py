@@ -5,6 +5,8 @@ from importlib.metadata import PackageNotFoundError, version
 from ._jacobian import JacFwd as JacFwd
 from ._jacobian import jacfwd as jacfwd
 from ._problem import Problem as Problem
+from ._storage import Result as Result
+from ._storage import load as load
 from ._variables import Variable as Variable
 
 try:
