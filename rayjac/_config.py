@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, Sequence
-
+import copy
 import hashlib
 import itertools
 import json
+import re
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Sequence
 
 import pydantic
 import yaml
@@ -25,16 +25,15 @@ _FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, plus YAML 1.2 exponent floats and an error on duplicate keys."""
 
-    yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    yaml_implicit_resolvers = {k: list(v) for k, v in
+                               yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen and key_node.tag != "tag:yaml.org,2002:merge":
+        keys = [k for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+        for index, key in enumerate(keys):
+            if key.value in [k.value for k in keys[:index]]:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key))
+                    None, None, f"duplicate key {key.value!r}", key.start_mark)
         return super().construct_mapping(node, deep)
 
 
@@ -136,8 +135,9 @@ class Config(_Section):
             return data
         data = {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
         problem = data.get("problem")
-        if data.get("name") is None and isinstance(problem, str) and _PROBLEM.match(problem):
-            data["name"] = problem.split(":")[0].rsplit(".", 1)[-1]
+        if data.get("name") is None:  # a bad or missing problem is reported on its own
+            valid = isinstance(problem, str) and _PROBLEM.match(problem)
+            data["name"] = problem.split(":")[0].rsplit(".", 1)[-1] if valid else "job"
         output = data.get("output", {})
         if isinstance(output, dict) and output.get("path") is None and "name" in data:
             data["output"] = {**output, "path": f"results/{data['name']}"}
@@ -218,11 +218,13 @@ def apply_overrides(raw: Any, overrides: Sequence[str], source: str = "config") 
         >>> apply_overrides({"params": {"n": 4}}, ["params.n=8", "execution.shards=2"])
         {'params': {'n': 8}, 'execution': {'shards': 2}}
     """
-    data = _deepcopy(raw)
+    data = copy.deepcopy(raw)
     problems = []
     for item in overrides:
         key, sep, text = item.partition("=")
-        problem = _check_override_key(key.strip()) if sep else "expected KEY=VALUE"
+        problem = (_check_key(key.strip(), tuple(Config.model_fields),
+                              "unknown key {!r}; valid keys: {}") if sep
+                   else "expected KEY=VALUE")
         if problem is None and not isinstance(data, dict):
             problem = "the config is not a mapping"
         if problem is None:
@@ -264,7 +266,7 @@ def expand_sweep(config: Config) -> list[SweepRun]:
     for run_id, point in zip(ids, points):
         if clash or len(run_id) > 100:
             run_id = f"{run_id[:90]}-{_digest(point)}"
-        raw = _deepcopy({**base, "sweep": None})
+        raw = copy.deepcopy({**base, "sweep": None})
         for key, value in point.items():
             _set_path(raw, _split_key(key), value)
         raw["output"]["path"] = f"{config.output.path.rstrip('/')}/{run_id}"
@@ -329,12 +331,13 @@ def _sweep_problems(config: Config) -> list[str]:
     problems = []
     base = config.model_dump()
     for key, values in (config.sweep or {}).items():
-        problem = _check_sweep_key(key)
+        problem = _check_key(key, _SWEEPABLE, "cannot sweep {!r}; sweep keys start with "
+                                                 "one of: {}")
         if problem or not values:
             problems.append(f"sweep.{key}: {problem or 'expected a non-empty list of values'}")
             continue
         for index, value in enumerate(values):
-            raw = _deepcopy({**base, "sweep": None})
+            raw = copy.deepcopy({**base, "sweep": None})
             _set_path(raw, _split_key(key), value)
             try:
                 Config.model_validate(raw)
@@ -343,17 +346,10 @@ def _sweep_problems(config: Config) -> list[str]:
     return problems
 
 
-def _check_sweep_key(key: str) -> str | None:
+def _check_key(key: str, roots: tuple[str, ...], message: str) -> str | None:
     parts = key.split(".")
-    if parts[0] not in _SWEEPABLE:
-        return f"cannot sweep {parts[0]!r}; sweep keys start with one of: {', '.join(_SWEEPABLE)}"
-    return _check_path(parts)
-
-
-def _check_override_key(key: str) -> str | None:
-    parts = key.split(".")
-    if parts[0] not in Config.model_fields:
-        return f"unknown key {parts[0]!r}; valid keys: {_keys(Config)}"
+    if parts[0] not in roots:
+        return message.format(parts[0], ", ".join(roots))
     return None if parts[0] == "sweep" else _check_path(parts)
 
 
@@ -382,12 +378,6 @@ def _set_path(data: dict, parts: list[str], value: Any) -> str | None:
         data = data[part]
     data[parts[-1]] = value
     return None
-
-
-def _deepcopy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {key: _deepcopy(value) for key, value in data.items()}
-    return [_deepcopy(v) for v in data] if isinstance(data, list) else data
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

@@ -91,6 +91,11 @@ def test_bad_module_function(ref):
     assert repr(ref) in problem
 
 
+def test_a_bad_problem_without_a_name_reports_only_the_problem():
+    assert [p.split(":")[0] for p in problems_of({"problem": "jobs/x.py"})] == ["problem"]
+    assert [p.split(":")[0] for p in problems_of({"params": {}})] == ["problem"]
+
+
 @pytest.mark.parametrize("name", ["a/b", "..", "../up", "a..b", ".hidden", "a b", "a\\b", "",
                                   "é"])
 def test_bad_names(name):
