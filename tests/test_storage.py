@@ -362,37 +362,25 @@ def test_load_newer_schema_version(tmp_path):
 
 # ---------------------------------------------------------------------------------- interop
 
-RECIPE = """
-import json, sys
-import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "storage.md")
 
-run, fmt, out = sys.argv[1:]
-if fmt == "arrow":
-    table = pa.ipc.open_file(pa.memory_map(f"{run}/jacobian.arrow")).read_all()
-else:
-    table = pq.read_table(f"{run}/jacobian.parquet")
-meta = json.loads(table.schema.metadata[b"rayjac"])["jacobian"]
-table = table.sort_by("flat_index")
-blocks = []
-for o in meta["outputs"]:
-    shape = tuple(o["shape"])
-    rows = table[o["column"]].combine_chunks().storage.flatten().to_numpy()
-    if o["encoding"] == "complex":
-        rows = rows.reshape(-1, *shape, 2)
-        rows = rows[..., 0] + 1j * rows[..., 1]
-    rows = rows.reshape(meta["columns"], *shape)
-    for i in meta["inputs"]:
-        block = rows[i["offset"]:i["offset"] + i["size"]].reshape(*i["shape"], *shape)
-        k = len(i["shape"])
-        blocks.append(np.moveaxis(block, list(range(k)), list(range(-k, 0))))
-assert "rayjac" not in sys.modules and "jax" not in sys.modules
-np.savez(out, *blocks)
-"""
+
+def _documented_recipe() -> str:
+    """The pyarrow-only recipe of docs/storage.md, plus a driver that saves its blocks."""
+    with open(DOCS) as f:
+        section = f.read().split("<!-- recipe:")[1]
+    code = section.split("```python")[1].split("```")[0]
+    return code + textwrap.dedent("""
+        import sys
+        blocks = jacobian_blocks(sys.argv[1])
+        assert "rayjac" not in sys.modules and "jax" not in sys.modules
+        np.savez(sys.argv[2], *blocks.values())
+    """)
 
 
 def _interop_case(x):
-    return {"a": jnp.tanh(x["p"]) * jnp.sum(x["q"]), "c": jnp.exp(1j * x["q"])[0],
-            "s": jnp.sum(x["p"] ** 2)}
+    return {"a": jnp.tanh(x["p"]) * jnp.sum(x["q"]), "b": x["p"] > 0.5,
+            "c": jnp.exp(1j * x["q"])[0], "e": x["p"][:0], "s": jnp.sum(x["p"] ** 2)}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -401,11 +389,13 @@ def test_pyarrow_alone_rebuilds_the_jacobian(tmp_path, fmt):
     path = write_result(tmp_path / "run", rayjac.jacfwd(_interop_case, chunk_size=3).stream(
         (x,)), format=fmt)
     out = tmp_path / "blocks.npz"
-    subprocess.run([sys.executable, "-c", RECIPE, path, fmt, str(out)], check=True,
+    subprocess.run([sys.executable, "-c", _documented_recipe(), path, str(out)], check=True,
                    cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     blocks = np.load(out)
-    expected = jax.tree_util.tree_leaves(jax.jacfwd(_interop_case)(x))
+    expected = jax.tree_util.tree_leaves(rayjac.jacfwd(_interop_case)(x))  # jax.jacfwd: no bool
+    assert len(blocks.files) == len(expected)
     for k, e in enumerate(expected):
+        assert blocks[f"arr_{k}"].dtype == e.dtype
         np.testing.assert_allclose(blocks[f"arr_{k}"], e, rtol=1e-6)
 
 
