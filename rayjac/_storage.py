@@ -70,7 +70,7 @@ class Result:
       >>> folder = tempfile.mkdtemp() + "/run"
       >>> stream = rayjac.jacfwd(lambda x: x ** 2).stream((jnp.arange(3.0),))
       >>> _ = rayjac._storage.write_result(folder, stream)
-      >>> rayjac._storage.load(folder).jacobian.diagonal()
+      >>> rayjac.load(folder).jacobian.diagonal()
       array([0., 2., 4.], dtype=float32)
     """
 
@@ -385,7 +385,7 @@ def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) 
       >>> import jax.numpy as jnp, rayjac, tempfile
       >>> folder = tempfile.mkdtemp() + "/run"
       >>> _ = rayjac._storage.write_result(folder, rayjac.jacfwd(jnp.sin).stream((jnp.ones(2),)))
-      >>> load(folder).metadata["jacobian"]["columns"]
+      >>> rayjac.load(folder).metadata["jacobian"]["columns"]
       2
     """
     fs, root = _resolve(path, filesystem)

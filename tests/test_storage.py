@@ -106,6 +106,13 @@ def test_roundtrip_grad_vars_containers(tmp_path, kind, argnums, fmt):
     tree_allclose((res.jacobian, res.value, res.aux), expected)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_no_tangent_columns(tmp_path, fmt):
+    res = _check_roundtrip(tmp_path / "run", lambda x: (x * 2, jnp.sum(x)), (jnp.ones(0),), fmt,
+                           chunk_size=1, return_value=True)
+    assert res.jacobian[0].shape == (0, 0) and res.metadata["jacobian"]["columns"] == 0
+
+
 def test_result_jax_jacfwd_oracle(tmp_path):
     x = {"p": jnp.linspace(0.1, 1.0, 4), "q": (jnp.ones(4), jnp.ones((2, 2)))}
     res = _roundtrip(tmp_path / "run", rayjac.jacfwd(_pytree, chunk_size=3), (x,), "arrow")
