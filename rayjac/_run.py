@@ -92,6 +92,9 @@ def run_one(config: Config, point: dict | None = None) -> str:
     """
     _storage.check_destination(config.output.path, config.output.overwrite)
     start = time.perf_counter()
+    if config.execution.shards is not None:
+        from ._engine import ensure_ray
+        ensure_ray(config.execution.address)  # before the factory starts JAX (fork safety)
     problem = load_problem(config.problem, config.params)
     options = config.jacfwd
     argnums = tuple(options.argnums) if isinstance(options.argnums, list) else options.argnums
