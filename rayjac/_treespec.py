@@ -1,4 +1,5 @@
-"""Pytrees in result files: structures as JSON, array leaves as ``fixed_shape_tensor`` columns.
+"""The tables in result files: pytree structures as JSON, array leaves as canonical
+``arrow.fixed_shape_tensor`` columns, and Jacobian shards as record batches (and back).
 
 A result must describe itself to readers without rayjac (pyarrow, polars, duckdb), so a
 structure is plain JSON (dict, list, tuple, None and leaf nodes) and a leaf is a JSON "leaf
@@ -172,7 +173,7 @@ def read_tree(batch: pa.RecordBatch | None, part: dict | None) -> Any:
     """The value or aux pytree described by ``part`` from the one-row ``batch``."""
     if part is None:
         return None
-    leaves = [decode(_one_row(batch, leaf), leaf)[0] for leaf in part["leaves"]]
+    leaves = [decode(_one_row(batch, leaf), leaf)[0, ...] for leaf in part["leaves"]]
     return jax.tree_util.tree_unflatten(treedef_from_json(part["tree"]), leaves)
 
 
