@@ -96,13 +96,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", help="run only the cases whose name contains this")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         name, n, impl, chunk, repeats = args.child
         print(json.dumps(child(name, int(n), impl, int(chunk), int(repeats))))
         return
-    cases = [c for c in CASES if not args.quick or c[1] <= 512]
+    cases = [c for c in CASES if (not args.quick or c[1] <= 512)
+             and (not args.only or args.only in c[0])]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")
     header = ("case", "n", "chunk", "jax ms", "rayjac/jax", "chunked/jax", "jax MiB",

@@ -90,6 +90,14 @@ class Layout:
         ``arg_jac`` or ``(var_jac, arg_jac)``, output-first as ``jax.jacfwd`` nests them."""
         return self.structure([self._blocks(r, xp) for r in rows])
 
+    def from_columns(self, columns: Sequence[Any]) -> Any:
+        """Columns of J (one ``(*out_shape, n)`` array per output leaf) -> the Jacobian:
+        slices and reshapes only."""
+        return self.structure([
+            [c[..., off:off + size].reshape(c.shape[:-1] + shape)
+             for off, size, shape in zip(self.basis.offsets, self.basis.sizes, self.basis.shapes)]
+            for c in columns])
+
     def structure(self, blocks: list[list[Any]]) -> Any:
         """``blocks[k][i]``, the block of output leaf k and input leaf i -> the Jacobian."""
         per_output = [jax.tree_util.tree_unflatten(self.in_tree, b) for b in blocks]
@@ -116,12 +124,12 @@ class Layout:
                 for o, d in zip(self.out_shapes, self.out_dtypes)]
 
     def scatter(self, blocks: list[list[np.ndarray]], start: int, columns: Sequence[Any]) -> None:
-        """Copies J column block ``columns[k]`` (``(prod(out_shape_k), length)``, columns
-        ``[start, start + length)``) into ``blocks``: contiguous rows, no transposition."""
-        stop = start + columns[0].shape[1]
+        """Copies the J columns ``[start, start + length)`` (``columns[k]`` of shape
+        ``(*out_shape_k, length)``) into ``blocks``: contiguous runs, no transposition."""
+        stop = start + columns[0].shape[-1]
         for i, (off, size) in enumerate(zip(self.basis.offsets, self.basis.sizes)):
             lo, hi = max(start, off), min(stop, off + size)
-            if lo < hi:
-                for k, cols in enumerate(columns):
-                    dst = blocks[k][i].reshape(cols.shape[0], size)
-                    dst[:, lo - off:hi - off] = cols[:, lo - start:hi - start]
+            for k, cols in enumerate(columns if lo < hi else ()):
+                cols = cols.reshape(-1, cols.shape[-1])
+                dst = blocks[k][i].reshape(cols.shape[0], size)
+                dst[:, lo - off:hi - off] = cols[:, lo - start:hi - start]

@@ -154,7 +154,8 @@ class JacFwd:
         if self.shards is not None:
             return self._call_sharded(args, kwargs)
         program, diff, const, state = self._prepare(args, kwargs)
-        jac, out, aux, written = program.full_jit(diff, const, state)
+        out, aux, written = program.primal_jit(diff, const, state)
+        jac = program.jacobian_jit(diff, const, state)
         _apply_writes(program, written)
         return self._format(jac, out, aux)
 
@@ -274,7 +275,7 @@ def _then_write(shards: Iterator, program: TangentProgram, written: list) -> Ite
 def _local_shards(program: TangentProgram, diff, const, state):
     """In-process shards: one per ``chunk_size`` columns (all columns when it is None)."""
     n = program.layout.basis.n
-    step = program.chunk_size or n
+    step = program.chunk_size or max(n, 1)
     for start in range(0, n, step):
         length = min(step, n - start)
         rows = program.rows_jit(diff, const, state, start, length=length)

@@ -1,5 +1,5 @@
 """The functional form of one ``jacfwd`` call and its pure-JAX kernels: the primal, and the
-rows of J^T for a column range, ``vmap(jvp)`` over one-hot tangents, ``chunk_size`` at a time.
+JVPs of a column range, ``vmap(jvp)`` over one-hot tangents, ``chunk_size`` at a time.
 
 A ``TangentProgram`` pickles (function, Variables and all) so Ray workers run the very same
 kernel as the driver; compiled functions are rebuilt lazily in each process.
@@ -19,33 +19,37 @@ from ._basis import Layout, chunking
 from ._variables import StateTrace, Variable
 
 
-def _jvp_rows(f: Callable, primals: list, layout: Layout, cols: jax.Array) -> list[jax.Array]:
-    """J^T rows of columns ``cols``: the JVPs of their one-hot tangents, batched by vmap."""
+def _jvp_batch(f: Callable, primals: list, layout: Layout, cols: jax.Array,
+               axis: int) -> list[jax.Array]:
+    """JVPs of the one-hot tangents of columns ``cols``, batched by vmap along ``axis``."""
 
     def pushfwd(tangents):
         out, out_dot = jax.jvp(f, (primals,), (tangents,))
         return [jnp.zeros(o.shape, o.dtype) if t.dtype == jax.dtypes.float0 else t
                 for o, t in zip(out, out_dot)]
 
-    return jax.vmap(pushfwd)(layout.basis.one_hot(cols))
+    return jax.vmap(pushfwd, out_axes=axis)(layout.basis.one_hot(cols))
 
 
-def tangent_rows(f: Callable, primals: list, layout: Layout, start: Any, length: int,
-                 chunk_size: int | None) -> list[jax.Array]:
-    """J^T rows of columns ``[start, start + length)``, at most ``chunk_size`` at a time.
+def tangents(f: Callable, primals: list, layout: Layout, start: Any, length: int,
+             chunk_size: int | None, axis: int) -> list[jax.Array]:
+    """JVPs of columns ``[start, start + length)``, at most ``chunk_size`` at a time, stacked
+    along ``axis``: 0 gives rows of J^T (one per column), -1 gives columns of J.
 
     Chunks are written in place into the output; the last one is shifted back to end at
     ``length`` (recomputing a few columns) so that nothing is padded or sliced afterwards.
     """
     count, chunk = chunking(length, chunk_size)
     if count == 1:
-        return _jvp_rows(f, primals, layout, start + jnp.arange(length))
-    out = [jnp.zeros((length,) + s, d) for s, d in zip(layout.out_shapes, layout.out_dtypes)]
+        return _jvp_batch(f, primals, layout, start + jnp.arange(length), axis)
+    shape = (lambda s: (length,) + s) if axis == 0 else (lambda s: s + (length,))
+    out = [jnp.zeros(shape(s), d) for s, d in zip(layout.out_shapes, layout.out_dtypes)]
 
     def body(i, acc):
         first = jnp.minimum(i * chunk, length - chunk)
-        rows = _jvp_rows(f, primals, layout, start + first + jnp.arange(chunk))
-        return [lax.dynamic_update_slice_in_dim(a, r, first, 0) for a, r in zip(acc, rows)]
+        new = _jvp_batch(f, primals, layout, start + first + jnp.arange(chunk), axis)
+        return [lax.dynamic_update_slice_in_dim(a, r, first, axis % a.ndim)
+                for a, r in zip(acc, new)]
 
     return lax.fori_loop(0, count, body, out)
 
@@ -119,25 +123,24 @@ class TangentProgram:
         return lambda diff: jax.tree_util.tree_leaves(self.pure(diff, const, state)[0])
 
     def rows(self, diff: list, const: list, state: list, start: Any, length: int) -> list:
-        """J^T rows of columns ``[start, start + length)`` (pure JAX, traceable)."""
+        """J^T rows of columns ``[start, start + length)``: ``(length, *out_shape)`` each."""
         f = self._output_leaves(const, state)
-        return tangent_rows(f, diff, self.layout, start, length, self.chunk_size)
+        return tangents(f, diff, self.layout, start, length, self.chunk_size, axis=0)
 
     def columns(self, diff: list, const: list, state: list, start: Any, length: int) -> list:
-        """The same columns of J, each ``(prod(out_shape), length)``: transposed here, in XLA,
-        so that a driver gathering shards only copies contiguous rows."""
-        rows = self.rows(diff, const, state, start, length)
-        return [r.reshape(length, -1).T for r in rows]
+        """The same block of J, ``(*out_shape, length)`` each: vmap puts the tangent axis
+        last, so neither this nor the final unravel needs a full-size transpose."""
+        f = self._output_leaves(const, state)
+        return tangents(f, diff, self.layout, start, length, self.chunk_size, axis=-1)
 
-    def full(self, diff: list, const: list, state: list):
-        """(jacobian part, output, aux, written values): the whole in-process call."""
-        out, aux, written = self.pure(diff, const, state)
-        rows = self.rows(diff, const, state, 0, self.layout.basis.n)
-        return self.layout.assemble(rows, xp=jnp), out, aux, written
+    def jacobian(self, diff: list, const: list, state: list) -> Any:
+        """The Jacobian part of the in-process call (the primal is a separate kernel: XLA on
+        CPU runs a big output several times slower when a small one comes with it)."""
+        return self.layout.from_columns(self.columns(diff, const, state, 0, self.layout.basis.n))
 
     @functools.cached_property
-    def full_jit(self) -> Callable:
-        return jax.jit(self.full)
+    def jacobian_jit(self) -> Callable:
+        return jax.jit(self.jacobian)
 
     @functools.cached_property
     def primal_jit(self) -> Callable:
@@ -152,5 +155,5 @@ class TangentProgram:
         return jax.jit(self.columns, static_argnames="length")
 
     def __getstate__(self) -> dict:
-        jitted = ("full_jit", "primal_jit", "rows_jit", "columns_jit")
+        jitted = ("jacobian_jit", "primal_jit", "rows_jit", "columns_jit")
         return {k: v for k, v in self.__dict__.items() if k not in jitted}
