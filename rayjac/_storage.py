@@ -2,7 +2,7 @@
 
 A run's folder holds ``jacobian.arrow`` (one row per tangent column), ``value_aux.arrow`` (one
 row: the primal value and aux leaves) and ``metadata.json``, or ``.parquet`` files on request.
-``_treespec`` turns pytrees and shards into those tables; docs/storage.md documents them.
+``_treespec`` turns pytrees and shards into those tables; the README documents them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class _Schema:
     value_aux: str = "value_aux"
     metadata: str = "metadata.json"
     formats: tuple = ("arrow", "parquet")
-    # Measured by benchmarks/bench_storage.py (docs/storage.md): dictionary pages never help
+    # Measured by benchmarks/bench_storage.py (README: Parquet settings): dictionary pages never help
     # float tensors; zstd(1) shrinks sparse Jacobians ~100-fold, and byte-stream-split of
     # float32/float64 values (duckdb reads no other) takes dense ones from 92% to 85%.
     parquet: tuple = (("use_dictionary", False), ("compression", "zstd"),

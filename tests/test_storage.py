@@ -369,11 +369,11 @@ def test_load_newer_schema_version(tmp_path):
 
 # ---------------------------------------------------------------------------------- interop
 
-DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "storage.md")
+DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 
 
 def _documented_recipe() -> str:
-    """The pyarrow-only recipe of docs/storage.md, plus a driver that saves its blocks."""
+    """The pyarrow-only recipe of the README, plus a driver that saves its blocks."""
     with open(DOCS) as f:
         section = f.read().split("<!-- recipe:")[1]
     code = section.split("```python")[1].split("```")[0]
