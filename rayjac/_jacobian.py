@@ -154,7 +154,9 @@ class JacFwd:
         if self.shards is not None:
             return self._call_sharded(args, kwargs)
         program, diff, const, state = self._prepare(args, kwargs)
-        out, aux, written = program.primal_jit(diff, const, state)
+        out, aux, written = None, None, []
+        if self.return_value or self.has_aux or program.written:
+            out, aux, written = program.primal_jit(diff, const, state)
         jac = program.jacobian_jit(diff, const, state)
         _apply_writes(program, written)
         return self._format(jac, out, aux)

@@ -63,7 +63,9 @@ class Worker:
         raise NotImplementedError  # ray.get, provided by the Ray wrapper
 
     def describe(self) -> dict:
-        return {"pid": os.getpid(), "cores": self.cores, "fetches": dict(self.fetches)}
+        env = {k: os.environ.get(k) for k in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
+        return {"pid": os.getpid(), "cores": self.cores, "fetches": dict(self.fetches),
+                "env": env}
 
     def rows(self, token: str, program_box: list, call_id: str, data_box: list, start: int,
              length: int, columns: bool = False) -> list[np.ndarray]:

@@ -20,6 +20,14 @@ def _ray(ray_local):
     yield
 
 
+@pytest.mark.parametrize("return_value", [False, True])
+@pytest.mark.parametrize("has_aux", [False, True])
+@pytest.mark.parametrize("argnums", [None, 0, (1,), (0, 1)])
+@pytest.mark.parametrize("kind", ["none", "single", "list", "tuple", "dict"])
+def test_return_table_sharded(kind, argnums, has_aux, return_value):
+    check_case(kind, argnums, has_aux, return_value, shards=3)
+
+
 @pytest.mark.parametrize("shards", [1, 2, 3, 50])
 @pytest.mark.parametrize("kind,argnums,has_aux,return_value", [
     ("none", None, False, False), ("dict", (0, 1), True, True), ("list", None, False, True),
@@ -171,6 +179,8 @@ def test_workers_pin_distinct_cores():
     cores = [_engine.ray.get(a.describe.remote())["cores"] for a in pool.actors]
     pinned = [c for c in cores if c]
     assert len({tuple(c) for c in pinned}) == len(pinned)  # never two on one core
+    envs = [_engine.ray.get(a.describe.remote())["env"] for a in pool.actors]
+    assert all(e["JAX_PLATFORMS"] == "cpu" for e in envs)  # zero-GPU workers stay off GPUs
 
 
 def _run_script(body: str, timeout: int = 240) -> str:
@@ -199,7 +209,9 @@ def test_logical_gpus_are_requested_on_a_multi_node_cluster():
         rows = dict(stream.shards)
         pool = _engine._pool(opts)
         assert len(pool.actors) == 4, len(pool.actors)  # 2 logical GPUs / 0.5 each
-        env = [ray.get(a.describe.remote()) for a in pool.actors]
+        env = [ray.get(a.describe.remote())["env"] for a in pool.actors]
+        assert all(e["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.450" for e in env), env
+        assert all(e["JAX_PLATFORMS"] is None for e in env), env
         full = np.concatenate([rows[k][0] for k in sorted(rows)]).T
         np.testing.assert_allclose(full, rayjac.jacfwd(f)(x), rtol=1e-6)
         print("OK", len(pool.actors))
