@@ -15,6 +15,7 @@ import uuid
 import weakref
 from typing import Any, Iterator
 
+import jax
 import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -126,9 +127,36 @@ def run_shards(program: TangentProgram, diff: list, const: list, state: list, sh
     pool = _pool(options)
     pool.grow(len(ranges))
     program_ref = _program_ref(program)
-    data_ref = ray.put(tuple([np.asarray(x) for x in xs] for xs in (diff, const, state)))
-    call = _Call(pool, program, program_ref, data_ref, ranges, columns)
+    data_refs = _inputs.put((diff, const, state))
+    call = _Call(pool, program, program_ref, data_refs, ranges, columns)
     return call.results()
+
+
+class _InputRefs:
+    """Object refs of a call's input arrays, each put once per call. A ``jax.Array`` that is
+    the very object of the previous call (arrays are immutable: e.g. the value of a Variable
+    that did not change) keeps its ref, so it is not sent again, nor converted again on the
+    workers. numpy arrays can change in place: they are always put."""
+
+    def __init__(self):
+        self._refs: dict[int, tuple[Any, Any]] = {}
+
+    def put(self, groups) -> list[list[Any]]:
+        live, out = {}, []
+        for xs in groups:
+            out.append([])
+            for x in xs:
+                entry = self._refs.get(id(x))
+                if entry is None or entry[0]() is not x:
+                    keep = weakref.ref(x) if isinstance(x, jax.Array) else (lambda: None)
+                    entry = (keep, ray.put(np.asarray(x)))
+                live[id(x)] = entry
+                out[-1].append(entry[1])
+        self._refs = live  # only the latest call's arrays stay cached
+        return out
+
+
+_inputs = _InputRefs()
 
 
 _program_refs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -144,10 +172,10 @@ def _program_ref(program: TangentProgram) -> tuple[str, Any]:
 class _Call:
     """Schedules the shards of one call over the pool, one in flight per actor, with retries."""
 
-    def __init__(self, pool: _Pool, program, program_ref, data_ref, ranges, columns: bool):
+    def __init__(self, pool: _Pool, program, program_ref, data_refs, ranges, columns: bool):
         self.pool, self.program, self.ranges, self.columns = pool, program, ranges, columns
         self.token, self.program_ref = program_ref
-        self.data_ref, self.call_id = data_ref, uuid.uuid4().hex
+        self.data_refs, self.call_id = data_refs, uuid.uuid4().hex
         self.pending = list(range(len(ranges)))[::-1]
         self.attempts = [0] * len(ranges)
         self.in_flight: dict[Any, tuple[Any, int]] = {}
@@ -156,7 +184,7 @@ class _Call:
     def _submit(self, actor, shard: int) -> None:
         start, stop = self.ranges[shard]
         self.attempts[shard] += 1
-        ref = actor.rows.remote(self.token, [self.program_ref], self.call_id, [self.data_ref],
+        ref = actor.rows.remote(self.token, [self.program_ref], self.call_id, [self.data_refs],
                                 start, stop - start, self.columns)
         self.in_flight[ref] = (actor, shard)
 

@@ -3,6 +3,7 @@ return table of ``brainpy.math.jacfwd``, and the in-process and streaming paths.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import warnings
 from typing import Any, Callable, Iterator, Sequence
@@ -189,12 +190,12 @@ class JacFwd:
                             "another transform: the distributed path is an outermost call. Use "
                             "shards=None inside transforms.")
         stream = self._start(args, kwargs, None, columns=True)
-        blocks = stream.layout.empty_blocks()
+        blocks, views = _host_blocks(stream.layout)
         for start, columns in stream.shards:  # each shard copied once, as it arrives
-            stream.layout.scatter(blocks, start, columns)
+            stream.layout.scatter(views, start, columns)
         to_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
-        return self._format(to_jax(stream.layout.structure(blocks)), to_jax(stream.value),
-                            to_jax(stream.aux))
+        return self._format(stream.layout.structure(blocks or to_jax(views)),
+                            to_jax(stream.value), to_jax(stream.aux))
 
     def _format(self, jac, out, aux):
         if self.return_value and self.has_aux:
@@ -266,6 +267,26 @@ def _apply_writes(program: TangentProgram, written: list) -> None:
             "function outside the transform, or return the new state instead of writing it.")
     for var, new in zip(program.written, written):
         var.value = new
+
+
+def _host_blocks(layout: Layout) -> tuple[list | None, list[list[np.ndarray]]]:
+    """(Jacobian blocks, writable numpy views of them) to gather shards into. On the CPU the
+    blocks are fresh JAX arrays and the views alias their buffers, so the gathered Jacobian is
+    never copied again; elsewhere the views are numpy arrays (blocks None), put on the device
+    at the end."""
+    if jax.default_backend() != "cpu":
+        return None, layout.empty_blocks()
+    blocks = [[jnp.zeros(o + i, d) for i in layout.basis.shapes]
+              for o, d in zip(layout.out_shapes, layout.out_dtypes)]
+    jax.block_until_ready(blocks)  # filled before anything is written into them
+    return blocks, [[_writable_view(b) for b in row] for row in blocks]
+
+
+def _writable_view(array: jax.Array) -> np.ndarray:
+    if array.size == 0:
+        return np.empty(array.shape, array.dtype)
+    buffer = (ctypes.c_char * array.nbytes).from_address(array.unsafe_buffer_pointer())
+    return np.frombuffer(buffer, dtype=array.dtype).reshape(array.shape)
 
 
 def _then_write(shards: Iterator, program: TangentProgram, written: list) -> Iterator:

@@ -95,15 +95,19 @@ def test_inputs_broadcast_once_and_program_shipped_once(monkeypatch):
     w = rayjac.Variable(jax.random.normal(jax.random.PRNGKey(0), (64, 64)))
     jf = rayjac.jacfwd(lambda x: jnp.tanh(w.value @ x), shards=6)
     x = jnp.ones(64)
-    jf(x)
-    jf(x * 2)
-    # two calls: the inputs once per call, the program (function, Variables) once in all
-    assert puts.count(tuple) == 2 and len(puts) == 3
+    jf(x)  # the program once; x and W once each, whatever the number of shards
+    assert puts.count(np.ndarray) == 2 and len(puts) == 3
+    jf(x * 2)  # W did not change (the same immutable array): only the new x is sent
+    assert puts.count(np.ndarray) == 3 and len(puts) == 4
+    w.value = w.value * 2
+    got = jf(x)  # both changed
+    assert puts.count(np.ndarray) == 5 and len(puts) == 6
+    tree_allclose(got, jax.jacfwd(lambda x: jnp.tanh(w.value @ x))(x), rtol=1e-5)
     after = _fetches()
     for pid, fetched in after.items():
         old = before.get(pid, {"program": 0, "data": 0})
         assert fetched["program"] - old["program"] <= 1  # then cached on the actor
-        assert fetched["data"] - old["data"] <= 2  # once per call, not per shard
+        assert fetched["data"] - old["data"] <= 5  # each array once per worker, not per shard
 
 
 def test_function_that_raises_on_a_worker_reports_the_shard():
