@@ -87,6 +87,8 @@ class _Pool:
         return max(1, int(cpus // self.options.num_cpus)) if self.options.num_cpus else 1
 
     def grow(self, wanted: int) -> None:
+        if len(self.actors) >= wanted:
+            return
         wanted = min(wanted, self.capacity())
         env = worker_env(self.options.num_gpus, self.x64)
         while len(self.actors) < wanted:
@@ -119,8 +121,9 @@ def _pool(options: WorkerOptions) -> _Pool:
 def run_shards(program: TangentProgram, diff: list, const: list, state: list, shards: int,
                options: WorkerOptions | None = None, columns: bool = False
                ) -> Iterator[tuple[int, list[np.ndarray]]]:
-    """Starts the shards of one call on the pool; returns an iterator over finished shards
-    ``(start, rows)`` in completion order (``columns``: J column blocks instead of rows)."""
+    """Starts the shards of one call on the pool; returns the call: an iterator over finished
+    shards ``(start, rows)`` in completion order (``columns``: J column blocks instead of
+    rows), with ``cancel()``."""
     options = options or WorkerOptions()
     ensure_ray(options.address)
     ranges = program.layout.basis.split(shards)
@@ -129,7 +132,8 @@ def run_shards(program: TangentProgram, diff: list, const: list, state: list, sh
     program_ref = _program_ref(program)
     data_refs = _inputs.put((diff, const, state))
     call = _Call(pool, program, program_ref, data_refs, ranges, columns)
-    return call.results()
+    call.fill()  # the shards run while the driver computes the primal
+    return call
 
 
 class _InputRefs:
@@ -188,7 +192,8 @@ class _Call:
                                 start, stop - start, self.columns)
         self.in_flight[ref] = (actor, shard)
 
-    def _fill(self) -> None:
+    def fill(self) -> None:
+        """Gives each idle actor a pending shard (growing the pool if all are busy)."""
         busy = {a for a, _ in self.in_flight.values()}
         if len(self.pool.actors) <= len(busy) and self.pending:
             self.pool.grow(len(self.pool.actors) + 1)
@@ -197,9 +202,13 @@ class _Call:
                 return
             self._submit(actor, self.pending.pop())
 
-    def results(self) -> Iterator[tuple[int, list[np.ndarray]]]:
+    def cancel(self) -> None:
+        for ref in self.in_flight:
+            ray.cancel(ref, force=False)
+        self.in_flight.clear()
+
+    def __iter__(self) -> Iterator[tuple[int, list[np.ndarray]]]:
         try:
-            self._fill()
             while self.in_flight:
                 [ref], _ = ray.wait(list(self.in_flight), num_returns=1)
                 actor, shard = self.in_flight.pop(ref)
@@ -207,10 +216,9 @@ class _Call:
                 if rows is not None:
                     self.progress.step()
                     yield self.ranges[shard][0], rows
-                self._fill()
+                self.fill()
         finally:
-            for ref in self.in_flight:
-                ray.cancel(ref, force=False)
+            self.cancel()
             self.progress.close()
 
     def _collect(self, ref, actor, shard: int) -> list[np.ndarray] | None:

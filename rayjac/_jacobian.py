@@ -173,12 +173,17 @@ class JacFwd:
 
     def _start(self, args: tuple, kwargs: dict, workers: Any, columns: bool) -> JacStream:
         program, diff, const, state = self._prepare(args, kwargs)
-        out, aux, written = program.primal_jit(diff, const, state)
         if self.shards is None:
+            out, aux, written = program.primal_jit(diff, const, state)
             shards = _local_shards(program, diff, const, state)
         else:
             from ._engine import run_shards  # the only module that imports ray
             shards = run_shards(program, diff, const, state, self.shards, workers, columns)
+            try:  # while the workers run
+                out, aux, written = jax.block_until_ready(program.primal_jit(diff, const, state))
+            except BaseException:
+                shards.cancel()
+                raise
         to_numpy = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
         return JacStream(program.layout, to_numpy(out) if self.return_value else None,
                          to_numpy(aux) if self.has_aux else None,

@@ -61,6 +61,7 @@ class Worker:
         self._arrays: dict[str, Any] = {}
         self.fetches = {"program": 0, "data": 0}
         self.seconds = {"inputs": 0.0, "kernel": 0.0}  # cumulative, for benchmarks
+        self.last_call = (0.0, 0.0)  # wall-clock start and end of the last shard's kernel
 
     def _fetch(self, ref: Any) -> Any:
         raise NotImplementedError  # ray.get, provided by the Ray wrapper
@@ -68,7 +69,7 @@ class Worker:
     def describe(self) -> dict:
         env = {k: os.environ.get(k) for k in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
         return {"pid": os.getpid(), "cores": self.cores, "fetches": dict(self.fetches),
-                "env": env, "seconds": dict(self.seconds)}
+                "env": env, "seconds": dict(self.seconds), "last_call": self.last_call}
 
     def _inputs(self, groups: list[list[Any]]) -> list[list[Any]]:
         """The call's input arrays on this worker: fetched and converted once per object."""
@@ -101,4 +102,5 @@ class Worker:
         out = jax.block_until_ready(kernel(diff, const, state, start, length=length))
         self.seconds["inputs"] += middle - begin
         self.seconds["kernel"] += time.perf_counter() - middle
+        self.last_call = (time.time() - (time.perf_counter() - begin), time.time())
         return [np.asarray(r) for r in out]
