@@ -165,6 +165,7 @@ def test_stream_yields_shards_that_cover_all_columns():
 
 
 def test_progress_only_on_a_terminal(monkeypatch, capsys):
+    monkeypatch.delenv("RAYJAC_QUIET", raising=False)
     progress = _engine._Progress(3)
     progress.step()
     progress.close()
@@ -175,6 +176,11 @@ def test_progress_only_on_a_terminal(monkeypatch, capsys):
     progress.step()
     progress.close()
     assert "shards 2/2" in capsys.readouterr().err
+    monkeypatch.setenv("RAYJAC_QUIET", "1")
+    progress = _engine._Progress(2)
+    progress.step()
+    progress.close()
+    assert capsys.readouterr().err == ""
 
 
 def test_workers_pin_distinct_cores():
