@@ -9,7 +9,6 @@ import math
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 _NONE_TREE = jax.tree_util.tree_structure(None)

@@ -15,7 +15,6 @@ import platform
 import posixpath
 import re
 import time
-import uuid
 from importlib import metadata as _importlib_metadata
 from typing import Any, Iterator
 
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from . import _folders
 from . import _treespec as ts
 
 
@@ -49,6 +49,8 @@ class _Schema:
 
 
 SCHEMA = _Schema()
+_FOLDERS = _folders.Folders(files=frozenset(f for fmt in SCHEMA.formats for f in SCHEMA.files(fmt)),
+                            last=SCHEMA.metadata)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -135,9 +137,9 @@ def check_destination(path: str | os.PathLike, overwrite: bool = False, *,
       >>> check_destination(tempfile.mkdtemp() + "/run").endswith("/run")
       True
     """
-    fs, final = _resolve(path, filesystem)
-    _check_destination(fs, final, path, overwrite)
-    return _shown(path, final, filesystem)
+    fs, final = _folders.resolve(path, filesystem)
+    _FOLDERS.check(fs, final, path, overwrite)
+    return _folders.shown(path, final, filesystem)
 
 
 def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
@@ -170,108 +172,18 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
     """
     if format not in SCHEMA.formats:
         raise ValueError(f"Unknown result format {format!r}; use one of {list(SCHEMA.formats)}.")
-    fs, final = _resolve(path, filesystem)
-    _check_destination(fs, final, path, overwrite)
+    fs, final = _folders.resolve(path, filesystem)
+    _FOLDERS.check(fs, final, path, overwrite)
     desc = _describe(stream, format, dict(metadata or {}))
-    tmp = _sibling(final, "tmp")
+    tmp = _folders.sibling(final, "tmp")
     fs.create_dir(tmp, recursive=True)
     try:
         _write_files(fs, tmp, stream, desc)
-        _publish(fs, tmp, final, path, overwrite)
+        _FOLDERS.publish(fs, tmp, final, path, overwrite)
     except BaseException:
-        _remove(fs, tmp)
+        _folders.remove(fs, tmp)
         raise
-    return _shown(path, final, filesystem)
-
-
-# ------------------------------------------------------------------------ folders, atomically
-
-def _resolve(path: str | os.PathLike, fs: pafs.FileSystem | None) -> tuple[Any, str]:
-    text = os.fspath(path)
-    if fs is not None:
-        return fs, text.rstrip("/")
-    if "://" in text:
-        fs, inner = pafs.FileSystem.from_uri(text)
-        return fs, inner.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(text)
-
-
-def _shown(path: str | os.PathLike, final: str, fs: Any) -> str:
-    text = os.fspath(path)
-    return text.rstrip("/") if "://" in text or fs is not None else final
-
-
-def _check_destination(fs, final: str, path, overwrite: bool) -> None:
-    name = posixpath.basename(final)
-    if name in ("", ".", "..") or "/" not in final:
-        raise ValueError(f"Invalid result path {os.fspath(path)!r}: name a folder inside a "
-                         "parent folder, e.g. results/run.")
-    state = _state(fs, final)
-    if state == "other":
-        raise FileExistsError(
-            f"{os.fspath(path)} exists and is not a rayjac result; rayjac never replaces it, "
-            "even with overwrite. Choose another output path or remove it.")
-    if state == "result" and not overwrite:
-        raise FileExistsError(
-            f"A result already exists at {os.fspath(path)}. Pass overwrite=True (in a config: "
-            "output.overwrite: true) to replace it, or choose another output path.")
-
-
-def _state(fs, final: str) -> str:
-    """``absent``, ``empty`` (folder), ``result`` (a folder of rayjac files only) or ``other``."""
-    info = fs.get_file_info(final)
-    if info.type == pafs.FileType.NotFound:
-        return "absent"
-    if info.type != pafs.FileType.Directory:
-        return "other"
-    names = {posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(final))}
-    ours = {f for fmt in SCHEMA.formats for f in SCHEMA.files(fmt)}
-    return "empty" if not names else "result" if names <= ours else "other"
-
-
-def _sibling(final: str, tag: str) -> str:
-    parent, name = posixpath.split(final)
-    return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}"
-
-
-def _remove(fs, folder: str) -> None:
-    with contextlib.suppress(OSError):
-        fs.delete_dir(folder)
-
-
-def _publish(fs, tmp: str, final: str, path, overwrite: bool) -> None:
-    """Puts the complete ``tmp`` at ``final``; an old result is deleted only after that."""
-    _check_destination(fs, final, path, overwrite)  # again: another run may have finished
-    state, old = _state(fs, final), None
-    if state == "result":
-        old = _sibling(final, "old")
-        fs.move(final, old)
-    elif state == "empty":
-        fs.delete_dir(final)
-    try:
-        _move_dir(fs, tmp, final)
-    except BaseException:
-        if old is not None:
-            fs.move(old, final)
-        raise
-    if old is not None:
-        _remove(fs, old)
-
-
-def _move_dir(fs, tmp: str, final: str) -> None:
-    """A rename where the filesystem has one; else (object stores) a copy with metadata.json
-    last, since a folder without it is not a result."""
-    try:
-        fs.move(tmp, final)
-        return
-    except (OSError, NotImplementedError, pa.ArrowNotImplementedError):
-        if isinstance(fs, pafs.LocalFileSystem):
-            raise
-    names = [posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(tmp))]
-    fs.create_dir(final, recursive=True)
-    for name in sorted(names, key=lambda name: name == SCHEMA.metadata):
-        fs.copy_file(f"{tmp}/{name}", f"{final}/{name}")
-    _remove(fs, tmp)
+    return _folders.shown(path, final, filesystem)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -388,7 +300,7 @@ def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) 
       >>> rayjac.load(folder).metadata["jacobian"]["columns"]
       2
     """
-    fs, root = _resolve(path, filesystem)
+    fs, root = _folders.resolve(path, filesystem)
     shown = os.fspath(path)
     desc = _read_description(fs, root, shown)
     jac_file, value_aux_file, _ = SCHEMA.files(desc["format"])
