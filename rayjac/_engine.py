@@ -21,6 +21,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from ._program import TangentProgram
+from ._variables import shipping
 from ._worker import Worker, worker_env
 
 
@@ -169,7 +170,8 @@ _program_refs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _program_ref(program: TangentProgram) -> tuple[str, Any]:
     """(token, object ref) of a program: put into the object store once per driver."""
     if program not in _program_refs:
-        _program_refs[program] = (uuid.uuid4().hex, ray.put(program))
+        with shipping():  # Variable values travel with each call's inputs, not in here
+            _program_refs[program] = (uuid.uuid4().hex, ray.put(program))
     return _program_refs[program]
 
 

@@ -260,7 +260,7 @@ class JacFwd:
                         tuple(np.dtype(x.dtype) for x in out_leaves))
         return dataclasses.replace(
             program, other_vars=tuple(v for v in record.touched if v not in touched),
-            written=tuple(record.written), layout=layout)
+            written=tuple(record.written), order=tuple(record.order), layout=layout)
 
 
 def _apply_writes(program: TangentProgram, written: list) -> None:

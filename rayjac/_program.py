@@ -54,6 +54,18 @@ def tangents(f: Callable, primals: list, layout: Layout, start: Any, length: int
     return lax.fori_loop(0, count, body, out)
 
 
+_UNSHIPPED = (
+    "func touched a rayjac.Variable on this worker that does not match the Variables it touched "
+    "on the driver, so its value cannot be shipped: e.g. one read only in some processes, or a "
+    "module-level Variable that was replaced by one of another shape. Read the same Variables "
+    "in every process, or run with shards=None.")
+
+
+class UnshippedVariable(RuntimeError):
+    def __init__(self, message: str = _UNSHIPPED):
+        super().__init__(message)  # picklable with its message: Ray rebuilds it on the driver
+
+
 @dataclasses.dataclass(eq=False)
 class TangentProgram:
     """``func`` as a pure function of flat leaves, with what one call signature fixes.
@@ -74,6 +86,7 @@ class TangentProgram:
     const_mask: tuple[bool, ...]
     other_vars: tuple[Variable, ...] = ()
     written: tuple[Variable, ...] = ()
+    order: tuple[Variable, ...] = ()  # every Variable func touches, in the order it does
     layout: Layout | None = None
     chunk_size: int | None = None
     strict: bool = False  # on workers: every Variable func touches must have been shipped
@@ -90,13 +103,29 @@ class TangentProgram:
         with trace:
             out = self.func(*args, **kwargs)
         if self.strict and len(trace.touched) > len(values):
-            raise RuntimeError(
-                "func touched a rayjac.Variable on this worker that was not shipped with it: a "
-                "Variable at module level of an imported module is a different object in each "
-                "process. Create the Variables inside a function (e.g. the job factory) and "
-                "close over them, or run with shards=None.")
+            raise UnshippedVariable()
         out, aux = self._split_aux(out)
         return out, aux, [trace.values[v] for v in self.written]
+
+    def localized(self, diff: list, const: list, state: list) -> TangentProgram:
+        """This program in a worker whose ``func`` reaches Variables of its own: those at module
+        level of an imported module, which pickle by reference. They take the place of the
+        shipped Variables touched at the same step, so they read the shipped values."""
+        trace = StateTrace()
+        loose = dataclasses.replace(self, strict=False)
+        jax.eval_shape(lambda d, c, s: loose.pure(d, c, s, trace), diff, const, state)
+        here = tuple(trace.order)
+        spec = lambda v: (tuple(v._value.shape), jnp.dtype(v._value.dtype))  # noqa: E731
+        shipped = set(self.order)
+        matches = [a is b or (a not in shipped and spec(a) == spec(b))
+                   for a, b in zip(here, self.order)]
+        if len(here) != len(self.order) or not all(matches):
+            raise UnshippedVariable()
+        swap = dict(zip(self.order, here))
+        rebind = lambda vs: tuple(swap.get(v, v) for v in vs)  # noqa: E731
+        return dataclasses.replace(
+            self, grad_vars=rebind(self.grad_vars), other_vars=rebind(self.other_vars),
+            written=rebind(self.written), order=here)
 
     def _arguments(self, arg_part: Any, const: list) -> tuple[list, dict]:
         const_iter, static_iter = iter(const), iter(self.static_leaves)

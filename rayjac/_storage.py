@@ -37,8 +37,8 @@ class _Schema:
     value_aux: str = "value_aux"
     metadata: str = "metadata.json"
     formats: tuple = ("arrow", "parquet")
-    # Measured by benchmarks/bench_storage.py (README: Parquet settings): dictionary pages never help
-    # float tensors; zstd(1) shrinks sparse Jacobians ~100-fold, and byte-stream-split of
+    # Measured by benchmarks/bench_storage.py (README: Parquet settings): dictionary pages never
+    # help float tensors; zstd(1) shrinks sparse Jacobians ~100-fold, and byte-stream-split of
     # float32/float64 values (duckdb reads no other) takes dense ones from 92% to 85%.
     parquet: tuple = (("use_dictionary", False), ("compression", "zstd"),
                       ("compression_level", 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 from typing import Any, Iterator
@@ -121,10 +122,15 @@ class Variable:
         return var
 
     def __getstate__(self) -> dict:
+        if getattr(_local, "shipping", False):  # the value travels separately: see shipping()
+            return {"_spec": (tuple(self._value.shape), np.dtype(self._value.dtype).str)}
         return {"_value": np.asarray(self._value)}
 
     def __setstate__(self, state: dict) -> None:
-        self._value = jnp.asarray(state["_value"])
+        if "_spec" in state:
+            self._value = jax.ShapeDtypeStruct(state["_spec"][0], np.dtype(state["_spec"][1]))
+        else:
+            self._value = jnp.asarray(state["_value"])
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -142,6 +148,10 @@ def _binary(op, reflected: bool = False):
     return lambda self, other: op(self.value, _unwrap(other))
 
 
+def _unary(op):
+    return lambda self: op(self.value)
+
+
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
               "and", "or", "xor", "lshift", "rshift"):
     _op = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
@@ -150,7 +160,7 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
 for _name in ("lt", "le", "gt", "ge"):
     setattr(Variable, f"__{_name}__", _binary(getattr(operator, _name)))
 for _name in ("neg", "pos", "abs", "invert"):
-    setattr(Variable, f"__{_name}__", (lambda op: lambda self: op(self.value))(getattr(operator, _name)))
+    setattr(Variable, f"__{_name}__", _unary(getattr(operator, _name)))
 Variable.T = property(lambda self: self.value.T)
 
 
@@ -164,6 +174,17 @@ def _check_same_type(var: Variable, new: Any) -> None:
             f"`.astype({old.dtype})`); the old value is kept.")
 
 
+@contextlib.contextmanager
+def shipping() -> Iterator[None]:
+    """Within it, Variables pickle as shape and dtype only (a placeholder, never read): for
+    programs shipped to workers, which receive every value they read as a separate input."""
+    _local.shipping = True
+    try:
+        yield
+    finally:
+        _local.shipping = False
+
+
 class StateTrace:
     """Values of Variables within one functional call: reads are recorded, writes kept local.
 
@@ -175,8 +196,10 @@ class StateTrace:
         self.values: dict[Variable, Any] = dict(values or {})
         self.touched: dict[Variable, None] = dict.fromkeys(self.values)
         self.written: dict[Variable, None] = {}
+        self.order: dict[Variable, None] = {}  # as func first reads or writes them
 
     def read(self, var: Variable) -> Any:
+        self.order.setdefault(var, None)
         if var not in self.values:
             stack = _trace_stack()
             index = stack.index(self)
@@ -185,6 +208,7 @@ class StateTrace:
         return self.values[var]
 
     def write(self, var: Variable, new: Any) -> None:
+        self.order.setdefault(var, None)
         self.touched.setdefault(var, None)
         self.values[var] = new
         self.written[var] = None

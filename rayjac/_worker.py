@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ._program import UnshippedVariable
+
 
 def worker_env(num_gpus: float, x64: bool) -> dict[str, str]:
     """Environment of a worker process, set before it imports JAX."""
@@ -52,7 +54,8 @@ class Worker:
 
     def __init__(self, num_cpus: float):
         self.cores, self._locks = [], []
-        if num_cpus and hasattr(os, "sched_setaffinity") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        on_gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if num_cpus and hasattr(os, "sched_setaffinity") and not on_gpu:
             self.cores, self._locks = _claim_cores(num_cpus)
             if self.cores:
                 os.sched_setaffinity(0, self.cores)  # before JAX starts its thread pool
@@ -97,10 +100,18 @@ class Worker:
         if self._call is None or self._call[0] != call_id:
             self._call = (call_id, self._inputs(data_box[0]))
         diff, const, state = self._call[1]
-        kernel = program.columns_jit if columns else program.rows_jit
         middle = time.perf_counter()
-        out = jax.block_until_ready(kernel(diff, const, state, start, length=length))
+        try:
+            out = self._kernel(program, columns)(diff, const, state, start, length=length)
+        except UnshippedVariable:  # func reads module-level Variables of this process
+            program = self._programs[token] = program.localized(diff, const, state)
+            out = self._kernel(program, columns)(diff, const, state, start, length=length)
+        out = jax.block_until_ready(out)
         self.seconds["inputs"] += middle - begin
         self.seconds["kernel"] += time.perf_counter() - middle
         self.last_call = (time.time() - (time.perf_counter() - begin), time.time())
         return [np.asarray(r) for r in out]
+
+    @staticmethod
+    def _kernel(program: Any, columns: bool) -> Any:
+        return program.columns_jit if columns else program.rows_jit

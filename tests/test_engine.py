@@ -262,3 +262,37 @@ def test_node_removed_mid_run_costs_only_its_shards():
         ray.shutdown(); cluster.shutdown()
     """)
     assert "OK" in out
+
+
+def test_module_level_variables_of_an_imported_module():
+    import modstate  # the workers import it too (tests/ is on their PYTHONPATH)
+    w = jax.random.normal(jax.random.PRNGKey(3), (3, 3))
+    modstate.W.value = w  # the workers' own modstate.W still holds the identity
+    x = jnp.array([0.3, -0.2, 0.5])
+    local = rayjac.jacfwd(modstate.step, grad_vars=modstate.W, argnums=0, return_value=True)(x)
+    sharded = rayjac.jacfwd(modstate.step, grad_vars=modstate.W, argnums=0, return_value=True,
+                            shards=3)(x)
+    tree_allclose(sharded, local)
+    tree_allclose(sharded[0][1], jax.jacfwd(lambda x: jnp.tanh(w @ x))(x))
+    assert float(modstate.STEPS.value) == 2.0  # one write per call, on the driver
+
+
+def test_variables_touched_only_on_the_driver_are_a_clear_error():
+    import modstate
+    modstate.READ_EXTRA.append(True)
+    try:
+        with pytest.raises(_engine.ShardError, match="does not match the Variables"):
+            rayjac.jacfwd(modstate.step, shards=2)(jnp.ones(3))
+    finally:
+        modstate.READ_EXTRA.clear()
+
+
+def test_programs_ship_without_variable_values():
+    import cloudpickle
+    w = rayjac.Variable(jnp.ones((512, 512)))
+    jf = rayjac.jacfwd(lambda x: w.value @ x, shards=2)
+    tree_allclose(jf(jnp.ones(512)), w.value)
+    program = next(iter(jf._programs.values()))
+    with rayjac._variables.shipping():
+        shipped = cloudpickle.dumps(program)
+    assert len(shipped) < 0.1 * w.value.nbytes < len(cloudpickle.dumps(program))
