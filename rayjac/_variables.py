@@ -76,7 +76,9 @@ class Variable:
         return self._value.size
 
     def __len__(self) -> int:
-        return len(self._value)
+        if not self._value.shape:
+            raise TypeError("len() of a 0-d Variable")
+        return self._value.shape[0]
 
     def __repr__(self) -> str:
         return f"Variable(value={self._value!r})"

@@ -296,3 +296,13 @@ def test_programs_ship_without_variable_values():
     with rayjac._variables.shipping():
         shipped = cloudpickle.dumps(program)
     assert len(shipped) < 0.1 * w.value.nbytes < len(cloudpickle.dumps(program))
+
+
+def test_functions_may_use_variable_shapes_on_workers():
+    v = rayjac.Variable(jnp.arange(4.0))
+
+    def f(x):  # shape, dtype, ndim, size and len() of a shipped Variable, outside its value
+        scale = jnp.ones(v.shape, v.dtype) * (v.ndim + v.size + len(v))
+        return v.value * x * scale
+
+    tree_allclose(rayjac.jacfwd(f, shards=2)(jnp.ones(4)), jnp.diag(9.0 * jnp.arange(4.0)))
