@@ -288,7 +288,7 @@ def test_variables_touched_only_on_the_driver_are_a_clear_error():
 
 
 def test_programs_ship_without_variable_values():
-    import cloudpickle
+    from ray import cloudpickle
     w = rayjac.Variable(jnp.ones((512, 512)))
     jf = rayjac.jacfwd(lambda x: w.value @ x, shards=2)
     tree_allclose(jf(jnp.ones(512)), w.value)
