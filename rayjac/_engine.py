@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError,
+                            RayTaskError)
 
 from ._program import TangentProgram
 from ._variables import shipping
@@ -31,7 +32,8 @@ class _RemoteWorker(Worker):
         return ray.get(ref)
 
 MAX_RETRIES = 3
-_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+_ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+_LOST = _ACTOR_LOST + (ObjectLostError,)  # a finished shard whose node died before the fetch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +111,23 @@ _pools: dict[tuple, _Pool] = {}
 _pools_lock = threading.Lock()
 
 
+def _job() -> str:
+    return ray.get_runtime_context().get_job_id()
+
+
 def _pool(options: WorkerOptions) -> _Pool:
+    """This driver's pool for these options. One pool holds resources at a time: the actors of
+    another shape (e.g. the previous run of a sweep over num_cpus) are released first, since
+    they would otherwise keep the resources that the new ones wait for."""
     import jax
     x64 = bool(jax.config.jax_enable_x64)
-    key = (options.num_cpus, options.num_gpus, x64, ray.get_runtime_context().get_job_id())
+    key = (options.num_cpus, options.num_gpus, x64, _job())
     with _pools_lock:
         if key not in _pools:
+            for old in _pools.values():
+                for actor in list(old.actors):
+                    old.drop(actor)
+            _pools.clear()
             _pools[key] = _Pool(options, x64)
         return _pools[key]
 
@@ -145,8 +158,11 @@ class _InputRefs:
 
     def __init__(self):
         self._refs: dict[int, tuple[Any, Any]] = {}
+        self._job: str | None = None
 
     def put(self, groups) -> list[list[Any]]:
+        if self._job != _job():  # refs of an earlier Ray session are dead
+            self._refs, self._job = {}, _job()
         live, out = {}, []
         for xs in groups:
             out.append([])
@@ -168,11 +184,12 @@ _program_refs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _program_ref(program: TangentProgram) -> tuple[str, Any]:
-    """(token, object ref) of a program: put into the object store once per driver."""
-    if program not in _program_refs:
+    """(token, object ref) of a program: put into the object store once per Ray session."""
+    entry = _program_refs.get(program)
+    if entry is None or entry[2] != _job():
         with shipping():  # Variable values travel with each call's inputs, not in here
-            _program_refs[program] = (uuid.uuid4().hex, ray.put(program))
-    return _program_refs[program]
+            entry = _program_refs[program] = (uuid.uuid4().hex, ray.put(program), _job())
+    return entry[:2]
 
 
 class _Call:
@@ -239,7 +256,8 @@ class _Call:
                     f"{self.attempts[shard]} times (worker died: {err}). Check the workers' "
                     "memory (lower chunk_size) and the Ray logs under /tmp/ray/session_latest/"
                     "logs.") from None
-            self.pool.drop(actor)
+            if isinstance(err, _ACTOR_LOST):
+                self.pool.drop(actor)
             self.pending.append(shard)  # retried on another (or a fresh) worker
             return None
 

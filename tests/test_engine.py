@@ -306,3 +306,25 @@ def test_functions_may_use_variable_shapes_on_workers():
         return v.value * x * scale
 
     tree_allclose(rayjac.jacfwd(f, shards=2)(jnp.ones(4)), jnp.diag(9.0 * jnp.arange(4.0)))
+
+
+def test_a_new_worker_shape_releases_the_old_pool():
+    # Two 1-CPU workers fill this 2-CPU Ray; 2-CPU workers can start only once they are gone.
+    jf = rayjac.jacfwd(lambda x: jnp.sin(x), shards=2)
+    x = jnp.linspace(0, 1, 6)
+    for cpus in (1.0, 2.0, 1.0):
+        stream = jf.stream((x,), workers=_engine.WorkerOptions(num_cpus=cpus))
+        shards = sorted((start, rows[0]) for start, rows in stream.shards)
+        np.testing.assert_allclose(np.concatenate([r for _, r in shards]), np.diag(np.cos(x)),
+                                   rtol=1e-6)
+    assert len(_engine._pools) == 1
+
+
+def test_a_new_ray_session_resends_program_and_inputs():
+    w = rayjac.Variable(jnp.arange(3.0))
+    jf = rayjac.jacfwd(lambda x: w.value * x, shards=2)
+    tree_allclose(jf(jnp.ones(3)), jnp.diag(w.value))
+    token, _ = _engine._program_ref(next(iter(jf._programs.values())))
+    _engine._program_refs[next(iter(jf._programs.values()))] = (token, None, "an old session")
+    _engine._inputs._job = "an old session"
+    tree_allclose(jf(jnp.ones(3)), jnp.diag(w.value))
