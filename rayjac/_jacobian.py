@@ -78,12 +78,19 @@ def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] |
 def _check_grad_vars(grad_vars: Any) -> None:
     if grad_vars is None:
         return
-    for path, leaf in jax.tree_util.tree_leaves_with_path(grad_vars, is_leaf=_is_var):
+    seen: dict[int, str] = {}
+    leaves = jax.tree_util.tree_leaves_with_path(
+        grad_vars, is_leaf=lambda x: x is None or _is_var(x))
+    for path, leaf in leaves:
+        where = "grad_vars" + jax.tree_util.keystr(path)
         if not isinstance(leaf, Variable):
-            where = "grad_vars" + jax.tree_util.keystr(path)
             raise TypeError(f"{where} must be a rayjac.Variable, but received "
                             f"{type(leaf).__name__}: {leaf!r:.80}. Wrap state in "
                             "rayjac.Variable and pass the Variable objects as grad_vars.")
+        if id(leaf) in seen:
+            raise ValueError(f"{where} is the same Variable as {seen[id(leaf)]}; list each "
+                             "Variable once in grad_vars.")
+        seen[id(leaf)] = where
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -94,6 +101,9 @@ def _check_positive(name: str, value: Any) -> None:
 
 def _check_argnums(argnums: Any, num_args: int) -> tuple[int, ...]:
     indices = tuple(argnums) if isinstance(argnums, (tuple, list)) else (argnums,)
+    if not indices:
+        raise ValueError(f"argnums={argnums!r} names no argument; give an int or a non-empty "
+                         "tuple of ints, or None with grad_vars to differentiate only those.")
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < num_args:
             raise ValueError(
@@ -128,16 +138,14 @@ def _is_dynamic(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray))
 
 
-def _as_array(x: Any) -> Any:
-    return x if hasattr(x, "dtype") and hasattr(x, "shape") else jnp.asarray(x)
-
-
 def _static_key(x: Any) -> Any:
+    """Equal keys only for values that trace alike: 2 and 2.0 (or 1 and True) are equal in
+    Python but not to ``func``, so the type is part of the key, as for JAX's static arguments."""
     try:
         hash(x)
-        return x
+        return type(x), x
     except TypeError:
-        return ("id", id(x))
+        return type(x), ("id", id(x))
 
 
 class JacFwd:
@@ -226,7 +234,7 @@ class JacFwd:
         if argnums:
             arg_part = args[argnums[0]] if single else tuple(args[i] for i in argnums)
         diff, in_tree = jax.tree_util.tree_flatten((var_part, arg_part))
-        diff = [_as_array(x) for x in diff]
+        diff = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in diff]  # x64 rules
         for x in diff:
             _check_input_dtype(self.holomorphic, x)
         rest = tuple(None if i in argnums else a for i, a in enumerate(args))

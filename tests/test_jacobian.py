@@ -212,3 +212,33 @@ def test_errors_come_before_any_work():
     with pytest.raises(ValueError):
         rayjac.jacfwd(f, argnums=3)(jnp.ones(2))
     assert calls == []
+
+
+def test_grad_vars_listed_twice_or_none_are_errors():
+    v = rayjac.Variable(jnp.ones(2))
+    with pytest.raises(ValueError, match=r"grad_vars\[1\] is the same Variable as grad_vars\[0\]"):
+        rayjac.jacfwd(lambda: v.value * 2, grad_vars=[v, v])
+    with pytest.raises(TypeError, match=r"grad_vars\[1\] must be a rayjac.Variable.*NoneType"):
+        rayjac.jacfwd(lambda: v.value * 2, grad_vars=[v, None])
+
+
+def test_empty_argnums_is_an_error():
+    with pytest.raises(ValueError, match=r"argnums=\(\) names no argument"):
+        rayjac.jacfwd(jnp.sin, argnums=())(jnp.ones(2))
+
+
+def test_static_arguments_of_equal_value_but_other_type_retrace():
+    f = lambda x, k: x * len(range(k))  # noqa: E731  (range() refuses a float, as in jax.jacfwd)
+    jf = rayjac.jacfwd(f)
+    np.testing.assert_allclose(jf(jnp.ones(2), 2), 2 * np.eye(2))
+    with pytest.raises(TypeError):
+        jax.jacfwd(f)(jnp.ones(2), 2.0)
+    with pytest.raises(TypeError):
+        jf(jnp.ones(2), 2.0)
+
+
+def test_numpy_float64_inputs_follow_jax_x64_rules():
+    jac = rayjac.jacfwd(jnp.sin)(np.linspace(0, 1, 3))
+    assert jac.dtype == jax.jacfwd(jnp.sin)(np.linspace(0, 1, 3)).dtype
+    basis_dtypes = rayjac.jacfwd(jnp.sin).stream((np.linspace(0, 1, 3),)).layout.basis.dtypes
+    assert all(np.dtype(d) == jac.dtype for d in basis_dtypes)
