@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from . import _storage
+from . import _folders, _storage
 from ._config import Config, ConfigError, SweepRun, expand_sweep, load_config
 from ._jacobian import jacfwd
 from ._problem import Problem
@@ -216,15 +216,17 @@ def _sweep_step(sweep_run: SweepRun, overwrite: bool, say: Callable[[str], None]
     state = "redo" if overwrite else _stored_state(config)
     if state == "done":
         return RunRecord(run_id, point, "done", None, run_id), "done already, skipped"
-    if state == "stale":
+    if state.startswith("stale") or state.startswith("unreadable"):
         error = (f"FileExistsError: {config.output.path} holds a result computed from another "
-                 "problem, params or jacfwd options; set output.overwrite: true to recompute it, "
-                 "or choose another output.path")
+                 "problem, params or jacfwd options" if state == "stale" else
+                 f"FileExistsError: {config.output.path} holds a result that cannot be read "
+                 f"({state.partition(':')[2].strip()}); it is kept")
+        error += "; set output.overwrite: true to recompute it, or choose another output.path"
         return RunRecord(run_id, point, "failed", error, run_id), f"FAILED: {error}"
     say(f"{tag}: running")
     start = time.perf_counter()
     redo = config.model_copy(update={"output": config.output.model_copy(
-        update={"overwrite": True})})  # a leftover there is unloadable, hence not a result
+        update={"overwrite": True})})  # a leftover there has no metadata.json: not a result
     try:
         run_one(redo, point)
     except Exception as err:  # a failed run is recorded; the sweep goes on
@@ -235,11 +237,15 @@ def _sweep_step(sweep_run: SweepRun, overwrite: bool, say: Callable[[str], None]
 
 
 def _stored_state(config: Config) -> str:
-    """``done`` (loadable, same problem/params/jacfwd), ``stale`` (loadable, other) or ``redo``."""
+    """``done`` (loadable, same problem/params/jacfwd), ``stale`` (loadable, other), ``redo``
+    (no result: no metadata.json, which is written last) or ``unreadable: why`` (kept)."""
     try:
         stored = _storage.load(config.output.path).metadata.get("config", {})
-    except Exception:  # missing, partial or unreadable: run it (again)
-        return "redo"
+    except Exception as err:
+        fs, final = _folders.resolve(config.output.path, None)
+        if fs.get_file_info(f"{final}/{_storage.SCHEMA.metadata}").type == pafs.FileType.NotFound:
+            return "redo"
+        return f"unreadable: {type(err).__name__}: {err}"
     current = config.model_dump(mode="json")
     same = all(stored.get(key) == current[key] for key in ("problem", "params", "jacfwd"))
     return "done" if same else "stale"

@@ -232,3 +232,18 @@ def test_mixed_type_sweep_values_are_stored_as_json_text(job, tmp_path):
     table = read_table(tmp_path)
     assert table.schema.field("params.scale").type == pa.string()
     assert table.column("params.scale").to_pylist() == ["1", '"x"', "2.5"]
+
+
+def test_sweep_keeps_a_result_it_cannot_read_and_redoes_a_partial_one(job, tmp_path):
+    module, counter = job
+    run(sweep_config(module, counter))
+    unreadable = tmp_path / "sweep" / "n-2_chunk_size-null"
+    (unreadable / "jacobian.arrow").write_bytes(b"not arrow")  # metadata.json is still there
+    partial = tmp_path / "sweep" / "n-3_chunk_size-null"
+    (partial / "metadata.json").unlink()  # as a crash mid-copy to an object store leaves it
+    records = run(sweep_config(module, counter))
+    assert [r.status for r in records] == ["failed", "done", "done", "done", "done", "done"]
+    assert "cannot be read" in records[0].error and "it is kept" in records[0].error
+    assert (unreadable / "jacobian.arrow").read_bytes() == b"not arrow"
+    assert load(partial).jacobian.shape == (3, 3)
+    assert calls(counter) == 7
