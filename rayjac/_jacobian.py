@@ -28,6 +28,7 @@ class JacStream:
     value: Any
     aux: Any
     shards: Iterator[tuple[int, list[np.ndarray]]]
+    cancel: Callable[[], None] = lambda: None  # stops shards still running on workers
 
 
 def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] | None = None,
@@ -195,7 +196,8 @@ class JacFwd:
         to_numpy = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
         return JacStream(program.layout, to_numpy(out) if self.return_value else None,
                          to_numpy(aux) if self.has_aux else None,
-                         _then_write(shards, program, written))
+                         _then_write(shards, program, written),
+                         getattr(shards, "cancel", lambda: None))
 
     def _call_sharded(self, args: tuple, kwargs: dict):
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):

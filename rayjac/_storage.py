@@ -173,14 +173,19 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
     if format not in SCHEMA.formats:
         raise ValueError(f"Unknown result format {format!r}; use one of {list(SCHEMA.formats)}.")
     fs, final = _folders.resolve(path, filesystem)
-    _FOLDERS.check(fs, final, path, overwrite)
-    desc = _describe(stream, format, dict(metadata or {}))
+    try:
+        _FOLDERS.check(fs, final, path, overwrite)
+        desc = _describe(stream, format, dict(metadata or {}))
+    except BaseException:
+        getattr(stream, "cancel", lambda: None)()  # no shard keeps a worker busy for nothing
+        raise
     tmp = _folders.sibling(final, "tmp")
     fs.create_dir(tmp, recursive=True)
     try:
         _write_files(fs, tmp, stream, desc)
         _FOLDERS.publish(fs, tmp, final, path, overwrite)
     except BaseException:
+        getattr(stream, "cancel", lambda: None)()
         _folders.remove(fs, tmp)
         raise
     return _folders.shown(path, final, filesystem)
