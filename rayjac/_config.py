@@ -14,8 +14,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
-_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
-_PROBLEM = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline, unlike $
+_PROBLEM = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*\Z")
 _SWEEPABLE = ("problem", "params", "jacfwd", "execution")
 _SECTIONS = ("params", "jacfwd", "execution", "output")
 # YAML 1.1 reads 1e-3 and 1.0e3 as strings; YAML 1.2 (and JSON) read them as floats.
@@ -29,15 +29,31 @@ class _Loader(yaml.SafeLoader):
                                yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_mapping(self, node, deep=False):
-        keys = [k for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-        for index, key in enumerate(keys):
-            if key.value in [k.value for k in keys[:index]]:
+        keys = [(k.tag, k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+        starts = [k.start_mark for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+        for index, (key, start) in enumerate(zip(keys, starts)):
+            if key in keys[:index]:  # 1 and '1' are different keys
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key.value!r}", key.start_mark)
+                    None, None, f"duplicate key {key[1]!r}", start)
         return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes the strings that ``_Loader`` would read as floats (``'1e-3'``)."""
+
+    yaml_implicit_resolvers = {k: list(v) for k, v in
+                               yaml.SafeDumper.yaml_implicit_resolvers.items()}
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def dump_config(raw: dict) -> str:
+    """YAML text that ``load_config`` reads back to the same values."""
+    return yaml.dump(raw, Dumper=_Dumper, sort_keys=False)
 
 
 class ConfigError(ValueError):
@@ -260,11 +276,11 @@ def expand_sweep(config: Config) -> list[SweepRun]:
     points = [dict(zip(keys, values)) for values in itertools.product(*config.sweep.values())]
     labels = _labels(keys)
     ids = [_run_id(point, labels) for point in points]
-    clash = len(set(ids)) < len(ids)
+    clashing = {i for i in ids if ids.count(i) > 1}  # only these get a digest: ids stay stable
     base = config.model_dump()
     runs = []
     for run_id, point in zip(ids, points):
-        if clash or len(run_id) > 100:
+        if run_id in clashing or len(run_id) > 100:
             run_id = f"{run_id[:90]}-{_digest(point)}"
         raw = copy.deepcopy({**base, "sweep": None})
         for key, value in point.items():

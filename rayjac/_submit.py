@@ -13,9 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-import yaml
 
-from ._config import Config, ConfigError
+from ._config import Config, ConfigError, dump_config
 
 _ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
@@ -148,7 +147,7 @@ def _working_dir(config: Config) -> Iterator[str]:
             copy(source, Path(folder) / source.name, **kwargs)
         raw = config.model_dump(mode="json")
         raw["execution"]["address"] = None  # inside the job, Ray's RAY_ADDRESS finds the cluster
-        (Path(folder) / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+        (Path(folder) / CONFIG_FILE).write_text(dump_config(raw))
         yield folder
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rayjac._config import (Config, ConfigError, apply_overrides, expand_sweep, load_config,
-                            parse_config, parse_yaml)
+from rayjac._config import (Config, ConfigError, apply_overrides, dump_config, expand_sweep,
+                            load_config, parse_config, parse_yaml)
 
 BASE = {"problem": "jobs.lorenz96:make"}
 
@@ -297,3 +297,26 @@ def test_sweep_over_problem_and_whole_sections():
     assert runs[0].config.problem == "jobs.mlp:make"
     assert runs[1].config.execution.chunk_size == 8 and runs[1].config.execution.shards is None
     assert runs[0].run_id == "problem-jobs.mlp_make_execution-_shards_2_"
+
+
+def test_only_clashing_sweep_ids_get_a_digest():
+    before = parse_config({**BASE, "sweep": {"params.label": ["a", "x/y"]}})
+    after = parse_config({**BASE, "sweep": {"params.label": ["a", "x/y", "x_y"]}})
+    old, new = ([r.run_id for r in expand_sweep(c)] for c in (before, after))
+    assert old == ["label-a", "label-x_y"]
+    assert new[0] == "label-a" and new[1].startswith("label-x_y-") and len(set(new)) == 3
+
+
+def test_dumped_configs_read_back_to_the_same_values():
+    raw = {"name": "1e3", "params": {"lr": "1e-3", "rate": 1e-3, "big": 1e20, "n": 4, "off": "no"}}
+    assert parse_yaml(dump_config(raw)) == raw
+
+
+def test_names_with_a_trailing_newline_and_distinct_int_and_str_keys():
+    with pytest.raises(ConfigError, match="name"):
+        parse_config({**BASE, "name": "abc\n"})
+    with pytest.raises(ConfigError, match="problem"):
+        parse_config({**BASE, "problem": "jobs.lorenz96:make\n"})
+    assert parse_yaml("1: a\n'1': b\n") == {1: "a", "1": "b"}
+    with pytest.raises(Exception, match="duplicate key"):
+        parse_yaml("a: 1\na: 2\n")
