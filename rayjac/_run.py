@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -127,6 +128,8 @@ def load_problem(ref: str, params: dict) -> Problem:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
+        if err.name is None or not (module_name + ".").startswith(err.name + "."):
+            raise  # an import inside the job module failed: its traceback is the useful part
         raise ConfigError([f"problem: cannot import {module_name!r} ({err}); run from the "
                            "folder that holds it or add that folder to PYTHONPATH"]) from None
     factory = getattr(module, func_name, None)
@@ -134,10 +137,13 @@ def load_problem(ref: str, params: dict) -> Problem:
         raise ConfigError([f"problem: module {module_name!r} ({module.__file__}) has no "
                            f"function {func_name!r}"])
     try:
-        problem = factory(**params)
-    except TypeError as err:
+        inspect.signature(factory).bind(**params)
+    except TypeError as err:  # only the call's signature: errors inside the factory propagate
         raise ConfigError([f"params: {ref} rejected the parameters {sorted(params)}: {err}"]
                           ) from None
+    except ValueError:  # no signature to check (a builtin): let the call decide
+        pass
+    problem = factory(**params)
     if not isinstance(problem, Problem):
         raise ConfigError([f"problem: {ref} returned {type(problem).__name__}, expected a "
                            "rayjac.Problem(func, args=..., variables=...)"])

@@ -247,3 +247,15 @@ def test_sweep_keeps_a_result_it_cannot_read_and_redoes_a_partial_one(job, tmp_p
     assert (unreadable / "jacobian.arrow").read_bytes() == b"not arrow"
     assert load(partial).jacobian.shape == (3, 3)
     assert calls(counter) == 7
+
+
+def test_errors_inside_a_job_module_keep_their_type_and_traceback(tmp_path, monkeypatch):
+    name = f"broken_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "def make(n=2):\n    return len(n)  # a bug: TypeError inside the factory\n")
+    (tmp_path / f"{name}_imp.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError, match="has no len"):
+        load_problem(f"{name}:make", {"n": 3})
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        load_problem(f"{name}_imp:make", {})
