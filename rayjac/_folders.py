@@ -69,14 +69,17 @@ class Folders:
                 "output.overwrite: true) to replace it, or choose another output path.")
 
     def state(self, fs, final: str) -> str:
-        """``absent``, ``empty`` (folder), ``result`` (our files only) or ``other``."""
+        """``absent``, ``empty`` (folder), ``result`` (our files only), ``partial`` (ours, but
+        without ``last``: an interrupted copy, not a result) or ``other``."""
         info = fs.get_file_info(final)
         if info.type == pafs.FileType.NotFound:
             return "absent"
         if info.type != pafs.FileType.Directory:
             return "other"
         names = {posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(final))}
-        return "empty" if not names else "result" if names <= self.files else "other"
+        if not names or not names <= self.files:
+            return "empty" if not names else "other"
+        return "result" if self.last in names else "partial"
 
     def publish(self, fs, tmp: str, final: str, path, overwrite: bool) -> None:
         """Puts the complete ``tmp`` at ``final``; an old result is deleted only after that."""
@@ -84,20 +87,21 @@ class Folders:
         state, old = self.state(fs, final), None
         if state == "result":
             old = sibling(final, "old")
-            fs.move(final, old)
-        elif state == "empty":
+            self._move(fs, final, old)
+        elif state in ("empty", "partial"):
             fs.delete_dir(final)
         try:
             self._move(fs, tmp, final)
         except BaseException:
             if old is not None:
-                fs.move(old, final)
+                self._move(fs, old, final)
             raise
         if old is not None:
             remove(fs, old)
 
     def _move(self, fs, tmp: str, final: str) -> None:
-        """A rename where the filesystem has one; else (object stores) a copy, ``last`` last."""
+        """A rename where the filesystem has one; else (object stores: S3 renames no folders)
+        a copy, ``last`` last, then the source is deleted."""
         try:
             fs.move(tmp, final)
             return

@@ -437,3 +437,15 @@ def test_duckdb_reads_parquet(tmp_path):
     assert [r[0] for r in rows] == [0, 1, 2, 3]
     np.testing.assert_allclose(np.array([r[1] for r in rows]), _jac_rows(x), rtol=1e-6)
     np.testing.assert_array_equal(np.array([r[2] for r in rows]), np.eye(4))
+
+
+def test_overwrite_and_partial_folders_without_rename(tmp_path):
+    fs = _NoRenameFileSystem()
+    write_result(str(tmp_path / "run"), _stream(), filesystem=fs)
+    write_result(str(tmp_path / "run"), _stream(), filesystem=fs, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # the old copy was removed
+    load(tmp_path / "run")
+    (tmp_path / "run" / "metadata.json").unlink()  # as an interrupted copy leaves it
+    write_result(str(tmp_path / "run"), _stream(), filesystem=fs)  # not a result: replaced
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    load(tmp_path / "run")
