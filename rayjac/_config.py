@@ -219,8 +219,11 @@ def parse_config(raw: Any, source: str = "config") -> Config:
                            f"got {_show(raw)}"], source)
     try:
         config = Config.model_validate(raw)
-    except pydantic.ValidationError as err:
-        raise ConfigError(_describe(err), source) from None
+    except pydantic.ValidationError as err:  # with the sweep's key problems: all at once
+        sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+        keys = [_sweep_key_problem(k, v) for k, v in sweep.items()]
+        problems = _describe(err)
+        raise ConfigError(problems + [p for p in keys if p and p not in problems], source) from None
     problems = _sweep_problems(config)
     if problems:
         raise ConfigError(problems, source)
@@ -347,10 +350,9 @@ def _sweep_problems(config: Config) -> list[str]:
     problems = []
     base = config.model_dump()
     for key, values in (config.sweep or {}).items():
-        problem = _check_key(key, _SWEEPABLE, "cannot sweep {!r}; sweep keys start with "
-                                                 "one of: {}")
-        if problem or not values:
-            problems.append(f"sweep.{key}: {problem or 'expected a non-empty list of values'}")
+        problem = _sweep_key_problem(key, values)
+        if problem:
+            problems.append(problem)
             continue
         for index, value in enumerate(values):
             raw = copy.deepcopy({**base, "sweep": None})
@@ -360,6 +362,14 @@ def _sweep_problems(config: Config) -> list[str]:
             except pydantic.ValidationError as err:
                 problems += [f"sweep.{key}[{index}]: {p.split(': ', 1)[1]}" for p in _describe(err)]
     return problems
+
+
+def _sweep_key_problem(key: str, values: Any) -> str | None:
+    problem = _check_key(str(key), _SWEEPABLE, "cannot sweep {!r}; sweep keys start with one "
+                                               "of: {}")
+    if problem or not values:
+        return f"sweep.{key}: {problem or 'expected a non-empty list of values'}"
+    return None
 
 
 def _check_key(key: str, roots: tuple[str, ...], message: str) -> str | None:

@@ -320,3 +320,13 @@ def test_names_with_a_trailing_newline_and_distinct_int_and_str_keys():
     assert parse_yaml("1: a\n'1': b\n") == {1: "a", "1": "b"}
     with pytest.raises(Exception, match="duplicate key"):
         parse_yaml("a: 1\na: 2\n")
+
+
+def test_sweep_key_problems_are_reported_with_the_others():
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, "execution": {"shard": 2},
+                      "sweep": {"bogus.n": [1], "params.n": []}})
+    text = str(err.value)
+    assert "3 problems" in text and "execution.shard: unknown key" in text
+    assert "sweep.bogus.n: cannot sweep 'bogus'" in text
+    assert "sweep.params.n: expected a non-empty list" in text
