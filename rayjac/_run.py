@@ -20,7 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import _folders, _storage
-from ._config import Config, ConfigError, SweepRun, expand_sweep, load_config
+from ._config import Config, ConfigError, load_config
+from ._sweep import SweepRun, expand_sweep
 from ._jacobian import jacfwd
 from ._problem import Problem
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from rayjac._config import (Config, ConfigError, apply_overrides, dump_config, expand_sweep,
-                            load_config, parse_config, parse_yaml)
+from rayjac._config import (Config, ConfigError, apply_overrides, dump_config, load_config,
+                            parse_config, parse_yaml)
+from rayjac._sweep import expand_sweep
 
 BASE = {"problem": "jobs.lorenz96:make"}
 

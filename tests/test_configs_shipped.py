@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from rayjac._config import expand_sweep, load_config
+from rayjac._config import load_config
+from rayjac._sweep import expand_sweep
 from rayjac._run import load_problem, run
 from rayjac._storage import load
 
