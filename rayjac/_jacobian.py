@@ -200,7 +200,8 @@ class JacFwd:
                          getattr(shards, "cancel", lambda: None))
 
     def _call_sharded(self, args: tuple, kwargs: dict):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if _trace_stack() or any(isinstance(x, jax.core.Tracer) for x in leaves):
             raise TypeError("rayjac.jacfwd(..., shards=k) cannot run inside jax.jit, vmap or "
                             "another transform: the distributed path is an outermost call. Use "
                             "shards=None inside transforms.")

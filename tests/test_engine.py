@@ -328,3 +328,11 @@ def test_a_new_ray_session_resends_program_and_inputs():
     _engine._program_refs[next(iter(jf._programs.values()))] = (token, None, "an old session")
     _engine._inputs._job = "an old session"
     tree_allclose(jf(jnp.ones(3)), jnp.diag(w.value))
+
+
+def test_sharded_call_nested_in_an_in_process_transform_is_a_clear_error():
+    v = rayjac.Variable(jnp.ones(3))
+    inner = rayjac.jacfwd(lambda x: v.value * x, shards=2)
+    outer = rayjac.jacfwd(lambda: inner(jnp.ones(3)).sum(), grad_vars=v)
+    with pytest.raises(TypeError, match="outermost call"):
+        outer()
