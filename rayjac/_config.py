@@ -19,11 +19,16 @@ _SECTIONS = ("params", "jacfwd", "execution", "output")
 _FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
+def _yaml12_floats(cls: type) -> type:
+    """``cls`` (a PyYAML loader or dumper) with YAML 1.2 exponent floats, in its own table."""
+    cls.yaml_implicit_resolvers = {k: list(v) for k, v in cls.yaml_implicit_resolvers.items()}
+    cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+    return cls
+
+
+@_yaml12_floats
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, plus YAML 1.2 exponent floats and an error on duplicate keys."""
-
-    yaml_implicit_resolvers = {k: list(v) for k, v in
-                               yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_mapping(self, node, deep=False):
         keys = [(k.tag, k.value) for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
@@ -35,17 +40,9 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
-
-
+@_yaml12_floats
 class _Dumper(yaml.SafeDumper):
     """Quotes the strings that ``_Loader`` would read as floats (``'1e-3'``)."""
-
-    yaml_implicit_resolvers = {k: list(v) for k, v in
-                               yaml.SafeDumper.yaml_implicit_resolvers.items()}
-
-
-_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
 def dump_config(raw: dict) -> str:

@@ -100,6 +100,11 @@ class _Pool:
                 max_restarts=0, max_task_retries=0, max_concurrency=1,
                 runtime_env={"env_vars": env}).remote(self.options.num_cpus))
 
+    def close(self) -> None:
+        """Releases every actor, and with them their resources."""
+        for actor in list(self.actors):
+            self.drop(actor)
+
     def drop(self, actor) -> None:
         """Forgets a lost actor; the pool grows a fresh one where resources allow."""
         if actor in self.actors:
@@ -125,8 +130,7 @@ def _pool(options: WorkerOptions) -> _Pool:
     with _pools_lock:
         if key not in _pools:
             for old in _pools.values():
-                for actor in list(old.actors):
-                    old.drop(actor)
+                old.close()
             _pools.clear()
             _pools[key] = _Pool(options, x64)
         return _pools[key]

@@ -181,6 +181,12 @@ class JacFwd:
         return self._start(tuple(args), dict(kwargs or {}), workers, columns=False)
 
     def _start(self, args: tuple, kwargs: dict, workers: Any, columns: bool) -> JacStream:
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if self.shards is not None and (
+                _trace_stack() or any(isinstance(x, jax.core.Tracer) for x in leaves)):
+            raise TypeError("rayjac.jacfwd(..., shards=k) cannot run inside jax.jit, vmap or "
+                            "another transform: the distributed path is an outermost call. Use "
+                            "shards=None inside transforms.")
         program, diff, const, state = self._prepare(args, kwargs)
         if self.shards is None:
             out, aux, written = program.primal_jit(diff, const, state)
@@ -200,11 +206,6 @@ class JacFwd:
                          getattr(shards, "cancel", lambda: None))
 
     def _call_sharded(self, args: tuple, kwargs: dict):
-        leaves = jax.tree_util.tree_leaves((args, kwargs))
-        if _trace_stack() or any(isinstance(x, jax.core.Tracer) for x in leaves):
-            raise TypeError("rayjac.jacfwd(..., shards=k) cannot run inside jax.jit, vmap or "
-                            "another transform: the distributed path is an outermost call. Use "
-                            "shards=None inside transforms.")
         stream = self._start(args, kwargs, None, columns=True)
         blocks, views = _host_blocks(stream.layout)
         for start, columns in stream.shards:  # each shard copied once, as it arrives

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from . import _folders, _storage
+from . import _storage
 from ._config import Config, ConfigError, load_config
 from ._sweep import SweepRun, expand_sweep
 from ._jacobian import jacfwd
@@ -220,15 +220,12 @@ def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
 def _sweep_step(sweep_run: SweepRun, overwrite: bool, say: Callable[[str], None],
                 tag: str) -> tuple[RunRecord, str]:
     run_id, point, config = sweep_run
-    state = "redo" if overwrite else _stored_state(config)
+    state, why = ("redo", None) if overwrite else _stored_state(config)
     if state == "done":
         return RunRecord(run_id, point, "done", None, run_id), "done already, skipped"
-    if state.startswith("stale") or state.startswith("unreadable"):
-        error = (f"FileExistsError: {config.output.path} holds a result computed from another "
-                 "problem, params or jacfwd options" if state == "stale" else
-                 f"FileExistsError: {config.output.path} holds a result that cannot be read "
-                 f"({state.partition(':')[2].strip()}); it is kept")
-        error += "; set output.overwrite: true to recompute it, or choose another output.path"
+    if state == "kept":
+        error = (f"FileExistsError: {config.output.path} holds a result {why}; set "
+                 "output.overwrite: true to recompute it, or choose another output.path")
         return RunRecord(run_id, point, "failed", error, run_id), f"FAILED: {error}"
     say(f"{tag}: running")
     start = time.perf_counter()
@@ -243,19 +240,19 @@ def _sweep_step(sweep_run: SweepRun, overwrite: bool, say: Callable[[str], None]
     return RunRecord(run_id, point, "done", None, run_id), f"done in {took:.1f} s"
 
 
-def _stored_state(config: Config) -> str:
-    """``done`` (loadable, same problem/params/jacfwd), ``stale`` (loadable, other), ``redo``
-    (no result: no metadata.json, which is written last) or ``unreadable: why`` (kept)."""
+def _stored_state(config: Config) -> tuple[str, str | None]:
+    """``("done", None)``: a loadable result of the same problem/params/jacfwd; ``("redo",
+    None)``: no complete result there; ``("kept", why)``: a result that must not be replaced."""
     try:
         stored = _storage.load(config.output.path).metadata.get("config", {})
     except Exception as err:
-        fs, final = _folders.resolve(config.output.path, None)
-        if fs.get_file_info(f"{final}/{_storage.SCHEMA.metadata}").type == pafs.FileType.NotFound:
-            return "redo"
-        return f"unreadable: {type(err).__name__}: {err}"
+        if not _storage.holds_result(config.output.path):
+            return "redo", None
+        return "kept", f"that cannot be read ({type(err).__name__}: {err}); it is kept"
     current = config.model_dump(mode="json")
-    same = all(stored.get(key) == current[key] for key in ("problem", "params", "jacfwd"))
-    return "done" if same else "stale"
+    if all(stored.get(key) == current[key] for key in ("problem", "params", "jacfwd")):
+        return "done", None
+    return "kept", "computed from another problem, params or jacfwd options"
 
 
 def _column_types(runs: list[SweepRun]) -> dict[str, pa.DataType]:

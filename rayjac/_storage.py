@@ -177,7 +177,7 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
         _FOLDERS.check(fs, final, path, overwrite)
         desc = _describe(stream, format, dict(metadata or {}))
     except BaseException:
-        getattr(stream, "cancel", lambda: None)()  # no shard keeps a worker busy for nothing
+        stream.cancel()  # no shard keeps a worker busy for nothing
         raise
     tmp = _folders.sibling(final, "tmp")
     fs.create_dir(tmp, recursive=True)
@@ -185,10 +185,17 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
         _write_files(fs, tmp, stream, desc)
         _FOLDERS.publish(fs, tmp, final, path, overwrite)
     except BaseException:
-        getattr(stream, "cancel", lambda: None)()
+        stream.cancel()
         _folders.remove(fs, tmp)
         raise
     return _folders.shown(path, final, filesystem)
+
+
+def holds_result(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) -> bool:
+    """Whether ``path`` is a complete rayjac result folder (readable or not): only rayjac's
+    files, ``metadata.json`` (written last) among them."""
+    fs, final = _folders.resolve(path, filesystem)
+    return _FOLDERS.state(fs, final) == "result"
 
 
 # ------------------------------------------------------------------------------------- writing

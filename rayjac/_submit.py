@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-
 from ._config import Config, ConfigError, dump_config
 
 _ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
