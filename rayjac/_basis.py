@@ -10,8 +10,14 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax._src.lax.lax import _convert_element_type  # what jax.jacfwd sets weak types with
 
 _NONE_TREE = jax.tree_util.tree_structure(None)
+
+
+def weakly_typed(x: Any, weak: bool) -> Any:
+    """``x`` with JAX's weak type set (as ``jax.jacfwd`` gives each block its output's)."""
+    return _convert_element_type(x, x.dtype, weak_type=True) if weak else x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +81,10 @@ class Layout:
     out_tree: Any
     out_shapes: tuple[tuple[int, ...], ...]
     out_dtypes: tuple[np.dtype, ...]
+    out_weak: tuple[bool, ...] = ()  # JAX weak types of the output leaves (none when empty)
+
+    def weak(self, k: int) -> bool:
+        return bool(self.out_weak) and self.out_weak[k]
 
     @property
     def has_vars(self) -> bool:
@@ -93,9 +103,9 @@ class Layout:
         """Columns of J (one ``(*out_shape, n)`` array per output leaf) -> the Jacobian:
         slices and reshapes only."""
         return self.structure([
-            [c[..., off:off + size].reshape(c.shape[:-1] + shape)
+            [weakly_typed(c[..., off:off + size].reshape(c.shape[:-1] + shape), self.weak(k))
              for off, size, shape in zip(self.basis.offsets, self.basis.sizes, self.basis.shapes)]
-            for c in columns])
+            for k, c in enumerate(columns)])
 
     def structure(self, blocks: list[list[Any]]) -> Any:
         """``blocks[k][i]``, the block of output leaf k and input leaf i -> the Jacobian."""

@@ -149,7 +149,8 @@ def run_shards(program: TangentProgram, diff: list, const: list, state: list, sh
     pool.grow(len(ranges))
     program_ref = _program_ref(program)
     data_refs = _inputs.put((diff, const, state))
-    call = _Call(pool, program, program_ref, data_refs, ranges, columns)
+    weak = [[bool(getattr(x, "weak_type", False)) for x in g] for g in (diff, const, state)]
+    call = _Call(pool, program, program_ref, (data_refs, weak), ranges, columns)
     call.fill()  # the shards run while the driver computes the primal
     return call
 

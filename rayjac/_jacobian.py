@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._basis import Layout, TangentBasis
+from ._basis import Layout, TangentBasis, weakly_typed
 from ._program import TangentProgram
 from ._variables import StateTrace, Variable, _trace_stack
 
@@ -22,7 +23,7 @@ _is_var = lambda x: isinstance(x, Variable)  # noqa: E731
 @dataclasses.dataclass
 class JacStream:
     """A call's Jacobian as J^T row shards: ``(start column, rows per output leaf)``, in any
-    order, plus the primal value and aux (numpy leaves; ``None`` when not requested)."""
+    order, plus the primal value and aux (JAX arrays; ``None`` when not requested)."""
 
     layout: Layout
     value: Any
@@ -135,6 +136,10 @@ def _check_output_dtype(holomorphic: bool, dtype: np.dtype) -> None:
                         f"but got {np.dtype(dtype).name}.")
 
 
+def _is_weak(x: Any) -> bool:
+    return bool(getattr(x, "weak_type", False))
+
+
 def _is_dynamic(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray))
 
@@ -159,6 +164,9 @@ class JacFwd:
         self.shards, self.chunk_size = shards, chunk_size
         self._var_list = tuple(jax.tree_util.tree_leaves(grad_vars, is_leaf=_is_var))
         self._programs: dict[Any, TangentProgram] = {}
+        # func's name, docstring and signature (__wrapped__), as jax.jacfwd keeps them: so
+        # jax.jit(..., static_argnames=...) and inspect.signature see func's parameters.
+        functools.update_wrapper(self, func, updated=())
 
     def __call__(self, *args, **kwargs):
         if self.shards is not None:
@@ -199,9 +207,8 @@ class JacFwd:
             except BaseException:
                 shards.cancel()
                 raise
-        to_numpy = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-        return JacStream(program.layout, to_numpy(out) if self.return_value else None,
-                         to_numpy(aux) if self.has_aux else None,
+        return JacStream(program.layout, out if self.return_value else None,
+                         aux if self.has_aux else None,
                          _then_write(shards, program, written),
                          getattr(shards, "cancel", lambda: None))
 
@@ -210,9 +217,10 @@ class JacFwd:
         blocks, views = _host_blocks(stream.layout)
         for start, columns in stream.shards:  # each shard copied once, as it arrives
             stream.layout.scatter(views, start, columns)
-        to_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
-        return self._format(stream.layout.structure(blocks or to_jax(views)),
-                            to_jax(stream.value), to_jax(stream.aux))
+        layout = stream.layout
+        blocks = [[weakly_typed(jnp.asarray(b), layout.weak(k)) for b in row]
+                  for k, row in enumerate(blocks or views)]
+        return self._format(layout.structure(blocks), stream.value, stream.aux)
 
     def _format(self, jac, out, aux):
         if self.return_value and self.has_aux:
@@ -247,7 +255,7 @@ class JacFwd:
         const = [x for x, dyn in zip(leaves, mask) if dyn]
         static = tuple(x for x, dyn in zip(leaves, mask) if not dyn)
         key = (in_tree, const_tree, mask, tuple(_static_key(x) for x in static),
-               tuple((x.shape, x.dtype) for x in diff + const), len(args))
+               tuple((x.shape, x.dtype, _is_weak(x)) for x in diff + const), len(args))
         program = self._programs.get(key)
         if program is None:
             program = self._trace(TangentProgram(
@@ -260,19 +268,36 @@ class JacFwd:
     def _trace(self, program: TangentProgram, diff: list, const: list) -> TangentProgram:
         """Finds the Variables ``func`` touches and the shapes of its outputs (abstractly)."""
         record = StateTrace()
-        abstract = lambda xs: [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs]  # noqa
-        out, _, _ = jax.eval_shape(lambda d, c: program.pure(d, c, [], record),
-                                   abstract(diff), abstract(const))
+        abstract = lambda xs: [jax.ShapeDtypeStruct(  # noqa: E731
+            x.shape, x.dtype, weak_type=_is_weak(x)) for x in xs]  # one trace of a jitted func
+        try:
+            out, _, _ = jax.eval_shape(lambda d, c: program.pure(d, c, [], record),
+                                       abstract(diff), abstract(const))
+        except _VALUE_DEPENDENT as err:
+            raise TypeError(_TRACED_ONCE.format(err=err)) from err
         out_leaves, out_tree = jax.tree_util.tree_flatten(out)
         for leaf in out_leaves:
             _check_output_dtype(self.holomorphic, leaf.dtype)
         touched = set(program.grad_vars)
         layout = Layout(TangentBasis.from_leaves(diff), program.in_tree, out_tree,
                         tuple(tuple(x.shape) for x in out_leaves),
-                        tuple(np.dtype(x.dtype) for x in out_leaves))
+                        tuple(np.dtype(x.dtype) for x in out_leaves),
+                        tuple(_is_weak(x) for x in out_leaves))
         return dataclasses.replace(
             program, other_vars=tuple(v for v in record.touched if v not in touched),
             written=tuple(record.written), order=tuple(record.order), layout=layout)
+
+
+_VALUE_DEPENDENT = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                    jax.errors.TracerIntegerConversionError)
+_TRACED_ONCE = (
+    "func uses the value of an array in Python (an `if` or `assert` on it, bool(), int(), "
+    "float() or np.asarray() of it). rayjac.jacfwd traces func once per call signature and "
+    "reuses the compiled program (as jax.jit does), so Python cannot see values; jax.jacfwd, "
+    "which runs op by op, can. Write branches with jnp.where(cond, a, b) or "
+    "jax.lax.cond(cond, f_true, f_false, x), loops with jax.lax.fori_loop or while_loop, and "
+    "checks with jax.debug or outside func; pass values that must be Python as static "
+    "(non-array) arguments. JAX's error:\n{err}")
 
 
 def _apply_writes(program: TangentProgram, written: list) -> None:

@@ -37,6 +37,8 @@ class Variable:
 
     __array_priority__ = 100
 
+    _detached = False  # a node rebuilt by tree_unflatten: see tree_unflatten
+
     def __init__(self, value: Any):
         if isinstance(value, Variable):
             value = value.value
@@ -45,7 +47,7 @@ class Variable:
     @property
     def value(self) -> jax.Array:
         stack = _trace_stack()
-        return stack[-1].read(self) if stack else self._value
+        return stack[-1].read(self) if stack and not self._detached else self._value
 
     @value.setter
     def value(self, new: Any) -> None:
@@ -54,7 +56,7 @@ class Variable:
         new = new if isinstance(new, jax.Array) else jnp.asarray(new)
         _check_same_type(self, new)
         stack = _trace_stack()
-        if stack:
+        if stack and not self._detached:
             stack[-1].write(self, new)
         else:
             self._value = new
@@ -118,9 +120,11 @@ class Variable:
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        # A detached array-like node (as BrainPy's Array); it is not the original Variable.
+        # A detached array-like node (as BrainPy's Array), not the original Variable: e.g. the
+        # argument a jnp function's own jit rebuilds around its tracer. It holds that value and
+        # is no state, so traces never record it (recording it leaked the inner tracer).
         var = object.__new__(cls)
-        var._value = children[0]
+        var._value, var._detached = children[0], True
         return var
 
     def __getstate__(self) -> dict:

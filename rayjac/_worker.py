@@ -74,9 +74,12 @@ class Worker:
         return {"pid": os.getpid(), "cores": self.cores, "fetches": dict(self.fetches),
                 "env": env, "seconds": dict(self.seconds), "last_call": self.last_call}
 
-    def _inputs(self, groups: list[list[Any]]) -> list[list[Any]]:
-        """The call's input arrays on this worker: fetched and converted once per object."""
+    def _inputs(self, groups: list[list[Any]], weak: list[list[bool]]) -> list[list[Any]]:
+        """The call's input arrays on this worker, with the driver's JAX weak types (numpy
+        has none): fetched and converted once per object."""
         import jax.numpy as jnp
+
+        from ._basis import weakly_typed
         refs = [ref for group in groups for ref in group]
         missing = [ref for ref in refs if ref.hex() not in self._arrays]
         fetched = self._fetch(missing) if missing else []
@@ -84,7 +87,8 @@ class Worker:
         arrays = {ref.hex(): self._arrays.get(ref.hex()) for ref in refs}
         arrays.update({ref.hex(): jnp.asarray(x) for ref, x in zip(missing, fetched)})
         self._arrays = arrays  # only the current call's arrays stay cached
-        return [[arrays[ref.hex()] for ref in group] for group in groups]
+        return [[weakly_typed(arrays[ref.hex()], w) for ref, w in zip(group, flags)]
+                for group, flags in zip(groups, weak)]
 
     def rows(self, token: str, program_box: list, call_id: str, data_box: list, start: int,
              length: int, columns: bool = False) -> list[np.ndarray]:
@@ -98,7 +102,7 @@ class Worker:
             program.strict = True
             self._programs = {**dict(list(self._programs.items())[-7:]), token: program}
         if self._call is None or self._call[0] != call_id:
-            self._call = (call_id, self._inputs(data_box[0]))
+            self._call = (call_id, self._inputs(*data_box[0]))
         diff, const, state = self._call[1]
         middle = time.perf_counter()
         try:

@@ -336,3 +336,11 @@ def test_sharded_call_nested_in_an_in_process_transform_is_a_clear_error():
     outer = rayjac.jacfwd(lambda: inner(jnp.ones(3)).sum(), grad_vars=v)
     with pytest.raises(TypeError, match="outermost call"):
         outer()
+
+
+@pytest.mark.parametrize("f", [lambda x: x * jnp.float16(2), lambda x: x, lambda x: x * 2])
+def test_sharded_dtypes_and_weak_types_follow_jax(f):
+    got = rayjac.jacfwd(f, shards=2, return_value=True)(1.0)
+    want = jax.jacfwd(f)(1.0), f(jnp.asarray(1.0))
+    tree_allclose(got, want)
+    assert [x.weak_type for x in got] == [x.weak_type for x in want]

@@ -1,5 +1,6 @@
 """rayjac.jacfwd in process: the return table, pytrees, chunking, state, errors, composition."""
 
+import inspect
 import warnings
 
 import jax
@@ -242,3 +243,48 @@ def test_numpy_float64_inputs_follow_jax_x64_rules():
     assert jac.dtype == jax.jacfwd(jnp.sin)(np.linspace(0, 1, 3)).dtype
     basis_dtypes = rayjac.jacfwd(jnp.sin).stream((np.linspace(0, 1, 3),)).layout.basis.dtypes
     assert all(np.dtype(d) == jac.dtype for d in basis_dtypes)
+
+
+# --- weak types, the wrapped signature, value-dependent Python ---
+
+@pytest.mark.parametrize("f", [lambda x: x, lambda x: x * 2, lambda x: x * jnp.float16(2),
+                               lambda x: {"a": x, "b": x * jnp.ones(2)}])
+def test_weak_types_follow_jax(f):
+    got, want = rayjac.jacfwd(f)(1.0), jax.jacfwd(f)(1.0)
+    tree_allclose(got, want)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert g.weak_type == w.weak_type
+
+
+def test_jitted_func_traces_once_with_a_python_float():
+    traces = []
+
+    @jax.jit
+    def f(x):
+        traces.append(1)  # a Python side effect: runs once per trace
+        return x * x
+    got = rayjac.jacfwd(f, return_value=True)(1.5)
+    assert len(traces) == 1
+    tree_allclose(got, (jax.jacfwd(f)(1.5), f(1.5)))
+
+
+def test_returned_callable_keeps_func_signature_name_and_doc():
+    def f(x, flag):
+        """Doubles x when flag."""
+        return x * 2 if flag else x
+    jf = rayjac.jacfwd(f)
+    assert str(inspect.signature(jf)) == "(x, flag)"
+    assert jf.__name__ == "f" and jf.__doc__ == f.__doc__ and jf.__wrapped__ is f
+    jitted = jax.jit(jf, static_argnames=["flag"])
+    tree_allclose(jitted(jnp.ones(2), True), 2 * jnp.eye(2))  # flag found by position
+    tree_allclose(jitted(jnp.ones(2), flag=False), jnp.eye(2))
+
+
+@pytest.mark.parametrize("f", [lambda x: x if x.sum() > 0 else -x,
+                               lambda x: x * int(x[0]),
+                               lambda x: x * (2.0 if bool(x[0] > 0) else 3.0)])
+def test_python_on_array_values_is_a_clear_error(f):
+    jax.jacfwd(f)(jnp.ones(2))  # op by op, jax.jacfwd can
+    with pytest.raises(TypeError, match=r"traces func once per call signature.*jnp\.where"
+                                        r".*lax\.cond"):
+        rayjac.jacfwd(f)(jnp.ones(2))

@@ -98,3 +98,34 @@ def test_writes_inside_jit_are_a_clear_error_not_a_leaked_tracer():
     with pytest.raises(TypeError, match="leaked tracer"):
         jax.jit(rayjac.jacfwd(f))(jnp.ones(2))
     np.testing.assert_array_equal(v.value, [1.0, 1.0])
+
+
+# --- jax.numpy functions applied to Variables inside func, in every mode ---
+
+JNP_CASES = {
+    "ufuncs": lambda v, w: lambda x: jnp.sin(v) * x + v * x + x * v + jnp.exp(v) / (1 + w),
+    "reductions": lambda v, w: lambda x: jnp.sum(v) * x + (v ** 2).sum() * x + jnp.max(w * x),
+    "dot": lambda v, w: lambda x: jnp.dot(v, w) * x + (v @ w) * jnp.matmul(x, w),
+    "where": lambda v, w: lambda x: jnp.where(v > 1.5, v * x, w) + jnp.clip(w, 0.0, 2.5),
+    "indexing": lambda v, w: lambda x: v[0] * x + (-v)[1] * x + jnp.take(w, jnp.array([2, 0, 1])),
+    "stacking": lambda v, w: lambda x: jnp.concatenate([v * x, jnp.outer(w, x).ravel()]),
+    "cumulative": lambda v, w: lambda x: jnp.cumsum(v * x) + jnp.mean(w) * jnp.sort(x),
+}
+JNP_MODES = {"in_process": {}, "chunked": {"chunk_size": 2}, "sharded": {"shards": 2},
+             "jit": {}}
+
+
+@pytest.mark.parametrize("mode", list(JNP_MODES))
+@pytest.mark.parametrize("case", list(JNP_CASES))
+def test_jnp_functions_on_variables_inside_func(case, mode, request):
+    if mode == "sharded":
+        request.getfixturevalue("ray_local")
+    v = rayjac.Variable(jnp.asarray([1.0, 2.0, 3.0]))
+    w = rayjac.Variable(jnp.asarray([0.5, -1.0, 2.0]))
+    x = jnp.asarray([2.0, 3.0, 4.0])
+    jf = rayjac.jacfwd(JNP_CASES[case](v, w), grad_vars=[v, w], argnums=0, **JNP_MODES[mode])
+    got = jax.jit(jf)(x) if mode == "jit" else jf(x)
+    pure = lambda a, b, y: JNP_CASES[case](a, b)(y)  # noqa: E731
+    dv, dw, dx = jax.jacfwd(pure, argnums=(0, 1, 2))(v.value, w.value, x)
+    tree_allclose(got, ([dv, dw], dx))
+    np.testing.assert_array_equal(v.value, [1.0, 2.0, 3.0])  # only read: untouched
