@@ -49,15 +49,20 @@ class TangentBasis:
 
     def split(self, shards: int) -> list[tuple[int, int]]:
         """Contiguous, balanced column ranges; never more ranges than columns."""
-        k = max(1, min(shards, self.n))
-        bounds = [self.n * i // k for i in range(k + 1)]
-        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        return split_range(self.n, shards)
 
     def one_hot(self, cols: jax.Array) -> list[jax.Array]:
         """The tangents of columns ``cols``: one array ``(len(cols), *shape)`` per leaf."""
         return [jax.nn.one_hot(cols - off, size, dtype=dtype).reshape(cols.shape + shape)
                 for off, size, shape, dtype in zip(self.offsets, self.sizes, self.shapes,
                                                    self.dtypes)]
+
+
+def split_range(total: int, shards: int) -> list[tuple[int, int]]:
+    """``[0, total)`` as contiguous, balanced ranges; never more ranges than items."""
+    k = max(1, min(shards, total))
+    bounds = [total * i // k for i in range(k + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def chunking(length: int, chunk_size: int | None) -> tuple[int, int]:

@@ -144,7 +144,7 @@ def run_shards(program: TangentProgram, diff: list, const: list, state: list, sh
     rows), with ``cancel()``."""
     options = options or WorkerOptions()
     ensure_ray(options.address)
-    ranges = program.layout.basis.split(shards)
+    ranges = program.split(shards)
     pool = _pool(options)
     pool.grow(len(ranges))
     program_ref = _program_ref(program)
@@ -208,6 +208,7 @@ class _Call:
         self.attempts = [0] * len(ranges)
         self.in_flight: dict[Any, tuple[Any, int]] = {}
         self.progress = _Progress(len(ranges))
+        self.unit = "tangent columns" if program.plan is None else "colours"
 
     def _submit(self, actor, shard: int) -> None:
         start, stop = self.ranges[shard]
@@ -239,7 +240,7 @@ class _Call:
                 rows = self._collect(ref, actor, shard)
                 if rows is not None:
                     self.progress.step()
-                    yield self.ranges[shard][0], rows
+                    yield self.program.shard_item(*self.ranges[shard], rows)
                 self.fill()
         finally:
             self.cancel()
@@ -251,13 +252,13 @@ class _Call:
             return ray.get(ref)
         except RayTaskError as err:  # func raised: retrying cannot help
             raise ShardError(
-                f"Shard {shard} (tangent columns [{start}, {stop})) failed on a rayjac worker:\n"
+                f"Shard {shard} ({self.unit} [{start}, {stop})) failed on a rayjac worker:\n"
                 f"{err}\nThe traceback above is the worker's; rerun with shards=None to debug "
                 "the function in this process.") from None
         except _LOST as err:
             if self.attempts[shard] > MAX_RETRIES:
                 raise ShardError(
-                    f"Shard {shard} (tangent columns [{start}, {stop})) was lost "
+                    f"Shard {shard} ({self.unit} [{start}, {stop})) was lost "
                     f"{self.attempts[shard]} times (worker died: {err}). Check the workers' "
                     "memory (lower chunk_size) and the Ray logs under /tmp/ray/session_latest/"
                     "logs.") from None

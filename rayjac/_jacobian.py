@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._basis import Layout, TangentBasis, weakly_typed
+from ._pattern import SparsePlan, Sparsity, detect_pattern, gather_values, make_plan
+from ._pattern import check_option as check_sparsity
 from ._program import TangentProgram
 from ._variables import StateTrace, Variable, _trace_stack
 
@@ -30,12 +32,15 @@ class JacStream:
     aux: Any
     shards: Iterator[tuple[int, list[np.ndarray]]]
     cancel: Callable[[], None] = lambda: None  # stops shards still running on workers
+    # Sparse calls: the plan, and shards are SparseShard(start, stop, values): the nonzeros of
+    # colours [start, stop), per output leaf in plan.positions(k, start, stop) order.
+    plan: SparsePlan | None = None
 
 
 def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] | None = None,
            has_aux: bool | None = None, return_value: bool = False, holomorphic: bool = False,
            dyn_vars: Any = None, child_objs: Any = None, *, shards: int | None = None,
-           chunk_size: int | None = None) -> JacFwd:
+           chunk_size: int | None = None, sparsity: Any = None) -> JacFwd:
     """Forward-mode Jacobian of ``func``, with the semantics of ``brainpy.math.jacfwd``.
 
     Args:
@@ -49,7 +54,11 @@ def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] |
       child_objs: deprecated and ignored.
       shards: ``None`` runs in this process; ``k`` splits the tangent columns into ``k`` shards
         computed by Ray workers.
-      chunk_size: push at most this many tangent columns through ``func`` at a time.
+      chunk_size: push at most this many tangent columns (colours, when sparse) through
+        ``func`` at a time.
+      sparsity: ``None`` for dense blocks; ``"auto"`` to detect the pattern from the jaxpr, or
+        a pattern (``rayjac.Sparsity``, boolean array, ``scipy.sparse`` or 2-D BCOO of the flat
+        ``(m, n)`` Jacobian): one JVP per colour of its columns, and BCOO blocks.
 
     Returns:
       A callable with ``func``'s signature returning, per the return table of the README,
@@ -71,10 +80,11 @@ def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] |
     _check_grad_vars(grad_vars)
     _check_positive("shards", shards)
     _check_positive("chunk_size", chunk_size)
+    check_sparsity(sparsity)
     if argnums is None and grad_vars is None:
         argnums = 0
     return JacFwd(func, grad_vars, argnums, bool(has_aux), bool(return_value),
-                  bool(holomorphic), shards, chunk_size)
+                  bool(holomorphic), shards, chunk_size, sparsity)
 
 
 def _check_grad_vars(grad_vars: Any) -> None:
@@ -158,10 +168,10 @@ class JacFwd:
     """The transformed function returned by ``rayjac.jacfwd``."""
 
     def __init__(self, func, grad_vars, argnums, has_aux, return_value, holomorphic, shards,
-                 chunk_size):
+                 chunk_size, sparsity=None):
         self.func, self.grad_vars, self.argnums = func, grad_vars, argnums
         self.has_aux, self.return_value, self.holomorphic = has_aux, return_value, holomorphic
-        self.shards, self.chunk_size = shards, chunk_size
+        self.shards, self.chunk_size, self._sparsity = shards, chunk_size, sparsity
         self._var_list = tuple(jax.tree_util.tree_leaves(grad_vars, is_leaf=_is_var))
         self._programs: dict[Any, TangentProgram] = {}
         # func's name, docstring and signature (__wrapped__), as jax.jacfwd keeps them: so
@@ -179,6 +189,17 @@ class JacFwd:
         _apply_writes(program, written)
         return self._format(jac, out, aux)
 
+    def sparsity(self, *args, **kwargs) -> Sparsity:
+        """The sparsity pattern and colouring of this call's flat Jacobian: the given one, or
+        (``sparsity="auto"`` or dense) the one detected from the jaxpr. No JVPs run and no
+        Variable is written; the pattern is cached with the call signature's program."""
+        program, diff, const, state = self._prepare(args, kwargs)
+        if program.plan is not None:
+            return program.plan.pattern
+        if program.dense_pattern is None:
+            program.dense_pattern = detect_pattern(program, diff, const, state)
+        return program.dense_pattern
+
     def stream(self, args: tuple, kwargs: dict | None = None, *, workers: Any = None
                ) -> JacStream:
         """The Jacobian as shards of J^T rows (written to storage as they arrive).
@@ -186,9 +207,10 @@ class JacFwd:
         The primal (value, aux, new Variable values) is computed once, here, before any
         shard; the Variable writes are applied after the last shard.
         """
-        return self._start(tuple(args), dict(kwargs or {}), workers, columns=False)
+        return self._start(tuple(args), dict(kwargs or {}), workers, columns=False)[0]
 
-    def _start(self, args: tuple, kwargs: dict, workers: Any, columns: bool) -> JacStream:
+    def _start(self, args: tuple, kwargs: dict, workers: Any, columns: bool
+               ) -> tuple[JacStream, TangentProgram]:
         leaves = jax.tree_util.tree_leaves((args, kwargs))
         if self.shards is not None and (
                 _trace_stack() or any(isinstance(x, jax.core.Tracer) for x in leaves)):
@@ -210,10 +232,15 @@ class JacFwd:
         return JacStream(program.layout, out if self.return_value else None,
                          aux if self.has_aux else None,
                          _then_write(shards, program, written),
-                         getattr(shards, "cancel", lambda: None))
+                         getattr(shards, "cancel", lambda: None), program.plan), program
 
     def _call_sharded(self, args: tuple, kwargs: dict):
-        stream = self._start(args, kwargs, None, columns=True)
+        stream, program = self._start(args, kwargs, None, columns=True)
+        if program.plan is not None:
+            values = gather_values(stream.plan, stream.shards)
+            blocks = [[weakly_typed(jnp.asarray(data[lo:hi]), program.layout.weak(k))
+                       for lo, hi in stream.plan.spans[k]] for k, data in enumerate(values)]
+            return self._format(program.sparse_blocks(blocks), stream.value, stream.aux)
         blocks, views = _host_blocks(stream.layout)
         for start, columns in stream.shards:  # each shard copied once, as it arrives
             stream.layout.scatter(views, start, columns)
@@ -261,8 +288,12 @@ class JacFwd:
             program = self._trace(TangentProgram(
                 self.func, self._var_list, argnums, single, self.has_aux, in_tree,
                 const_tree, static, mask, chunk_size=self.chunk_size), diff, const)
-            self._programs[key] = program
         state = [v.value for v in program.other_vars]
+        if key not in self._programs:
+            if self._sparsity is not None:
+                program = dataclasses.replace(program, plan=make_plan(
+                    program, self._sparsity, diff, const, state))
+            self._programs[key] = program
         return program, diff, const, state
 
     def _trace(self, program: TangentProgram, diff: list, const: list) -> TangentProgram:
@@ -338,10 +369,10 @@ def _then_write(shards: Iterator, program: TangentProgram, written: list) -> Ite
 
 
 def _local_shards(program: TangentProgram, diff, const, state):
-    """In-process shards: one per ``chunk_size`` columns (all columns when it is None)."""
-    n = program.layout.basis.n
+    """In-process shards: one per ``chunk_size`` columns or colours (all when it is None)."""
+    n = program.size
     step = program.chunk_size or max(n, 1)
     for start in range(0, n, step):
         length = min(step, n - start)
-        rows = program.rows_jit(diff, const, state, start, length=length)
-        yield start, [np.asarray(r) for r in rows]
+        rows = [np.asarray(r) for r in program.rows_jit(diff, const, state, start, length=length)]
+        yield program.shard_item(start, start + length, program.payload(start, rows))

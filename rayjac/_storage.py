@@ -172,6 +172,11 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
     """
     if format not in SCHEMA.formats:
         raise ValueError(f"Unknown result format {format!r}; use one of {list(SCHEMA.formats)}.")
+    if getattr(stream, "plan", None) is not None:
+        stream.cancel()
+        raise ValueError("Storing sparse results (sparsity=...) is not supported yet: use "
+                         "sparsity=None to store the dense Jacobian, or keep the BCOO blocks "
+                         "that rayjac.jacfwd returns in memory.")
     fs, final = _folders.resolve(path, filesystem)
     try:
         _FOLDERS.check(fs, final, path, overwrite)

@@ -114,8 +114,8 @@ class Worker:
         self.seconds["inputs"] += middle - begin
         self.seconds["kernel"] += time.perf_counter() - middle
         self.last_call = (time.time() - (time.perf_counter() - begin), time.time())
-        return [np.asarray(r) for r in out]
+        return program.payload(start, [np.asarray(r) for r in out])
 
     @staticmethod
     def _kernel(program: Any, columns: bool) -> Any:
-        return program.columns_jit if columns else program.rows_jit
+        return program.columns_jit if columns and program.plan is None else program.rows_jit
