@@ -37,6 +37,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_core import _rss  # noqa: E402 - one peak-RSS reader for every benchmark
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("tridiagonal", 16384), ("lorenz96", 65536), ("brusselator", 8192),
          ("neurons", 16384), ("brusselator", 131072)]  # (name, n)
@@ -90,14 +93,6 @@ def build(name: str, n: int):
         rest = jnp.repeat(jnp.array([-65.0, 0.05, 0.6, 0.32]), count)
         return f, rest + 0.01 * jax.random.normal(key, (n,)) * jnp.abs(rest)
     raise ValueError(name)
-
-
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def child(name: str, n: int, impl: str, repeats: int, store: str) -> dict:
