@@ -94,6 +94,18 @@ class JacfwdConfig(_Section):
     has_aux: bool = Field(False, description="true or false")
     return_value: bool = Field(False, description="true or false")
     holomorphic: bool = Field(False, description="true or false")
+    sparsity: str | None = Field(None, description="null (dense), 'auto' (detect the pattern) "
+                                 "or the folder of an earlier sparse result (reuse its pattern)")
+
+    @pydantic.field_validator("sparsity")
+    @classmethod
+    def _sparsity_ok(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value.strip().lower() == "auto"
+                                  and value != "auto"):
+            hint = " (did you mean 'auto'?)" if value.strip() else ""
+            raise ValueError(f"expected null, 'auto' or the folder of an earlier sparse result, "
+                             f"got {value!r}{hint}")
+        return value
 
 
 class ExecutionConfig(_Section):
@@ -104,6 +116,9 @@ class ExecutionConfig(_Section):
     num_cpus: NonNegativeFloat = Field(1.0, description="a non-negative number")
     num_gpus: NonNegativeFloat = Field(0.0, description="a non-negative number")
     address: str | None = Field(None, description="null, 'auto' or 'ray://host:port'")
+    parallel_runs: PositiveInt | None = Field(
+        None, description="a positive integer (sweep runs at once) or null (as many as the "
+        "cluster fits)")
 
 
 class OutputConfig(_Section):

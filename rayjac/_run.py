@@ -103,7 +103,7 @@ def run_one(config: Config, point: dict | None = None) -> str:
     jf = jacfwd(problem.func, grad_vars=_grad_vars(problem, config), argnums=argnums,
                 has_aux=options.has_aux, return_value=options.return_value,
                 holomorphic=options.holomorphic, shards=config.execution.shards,
-                chunk_size=config.execution.chunk_size)
+                chunk_size=config.execution.chunk_size, sparsity=_sparsity(config))
     built = time.perf_counter()
     stream = jf.stream(problem.args, {}, workers=_workers(config))
     timings = {"factory_s": built - start, "primal_s": time.perf_counter() - built}
@@ -163,6 +163,19 @@ def _grad_vars(problem: Problem, config: Config) -> Any:
                            f"{', '.join(problem.variables) or '(none)'}"])
     chosen = [problem.variables[name] for name in listed]
     return chosen[0] if isinstance(names, str) else chosen
+
+
+def _sparsity(config: Config) -> Any:
+    """``jacfwd.sparsity``: None, ``"auto"``, or the pattern stored in an earlier sparse
+    result's folder (a ``ConfigError`` naming the key when that folder holds none)."""
+    option = config.jacfwd.sparsity
+    if option is None or option == "auto":
+        return option
+    try:
+        return _storage.read_sparsity(option)
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"jacfwd.sparsity: {option!r} is not 'auto' and not the folder of "
+                           f"a sparse rayjac result: {err}"]) from None
 
 
 def _workers(config: Config) -> Any:
