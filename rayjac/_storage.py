@@ -66,6 +66,8 @@ class Result:
       metadata: the run's description: resolved config, versions, timings, and the shape and
         dtype of every leaf.
       path: the folder it was loaded from.
+      sparsity: the ``rayjac.Sparsity`` of a sparse result (its blocks are BCOO arrays);
+        ``None`` for a dense result.
 
     Example:
       >>> import jax.numpy as jnp, rayjac, tempfile
@@ -81,6 +83,7 @@ class Result:
     aux: Any
     metadata: dict
     path: str
+    sparsity: Any = None
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={_summary(getattr(self, k))}" for k in ("jacobian", "value", "aux"))
