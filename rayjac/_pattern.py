@@ -56,6 +56,19 @@ class Sparsity:
                        if colors is None else _checked_colors(colors, self))
         self.times = {"color_s": time.perf_counter() - begin}  # and detect_s when detected
 
+    @classmethod
+    def from_sorted(cls, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+                    colors: Any) -> Sparsity:
+        """A pattern from entries already sorted by row, then column, without duplicates
+        (as stored results hold them), with its colouring, which is checked."""
+        self = cls.__new__(cls)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        _check_entries(self.rows, self.cols, self.shape)
+        self.colors = _checked_colors(colors, self)
+        self.times = {}
+        return self
+
     @property
     def nnz(self) -> int:
         return int(self.rows.size)
@@ -189,23 +202,26 @@ class SparsePlan:
     cols: tuple[np.ndarray, ...]    # per output leaf: flat column within the input leaf
     colors: tuple[np.ndarray, ...]  # per output leaf: colour of the entry's column
     spans: tuple[tuple[tuple[int, int], ...], ...]
+    entries: tuple[np.ndarray, ...]  # per output leaf: the entry's index in ``pattern``
 
     @classmethod
     def build(cls, pattern: Sparsity, layout: Layout) -> SparsePlan:
         row_offsets = np.cumsum([0] + [int(np.prod(s)) for s in layout.out_shapes])
         col_offsets = np.asarray(layout.basis.offsets + (layout.basis.n,))
         leaf_of_col = np.searchsorted(col_offsets, pattern.cols, side="right") - 1
-        rows, cols, colors, spans = [], [], [], []
+        rows, cols, colors, spans, entries = [], [], [], [], []
         for k in range(len(layout.out_shapes)):
             lo, hi = np.searchsorted(pattern.rows, row_offsets[k:k + 2])
             order = lo + np.argsort(leaf_of_col[lo:hi], kind="stable")
             leaves = leaf_of_col[order]
+            entries.append(order)
             rows.append(pattern.rows[order] - row_offsets[k])
             cols.append(pattern.cols[order] - col_offsets[leaves])
             colors.append(pattern.colors[pattern.cols[order]])
             bounds = np.searchsorted(leaves, np.arange(len(layout.basis.sizes) + 1))
             spans.append(tuple(zip(bounds[:-1].tolist(), bounds[1:].tolist())))
-        return cls(pattern, layout, tuple(rows), tuple(cols), tuple(colors), tuple(spans))
+        return cls(pattern, layout, tuple(rows), tuple(cols), tuple(colors), tuple(spans),
+                   tuple(entries))
 
     @property
     def num_colors(self) -> int:

@@ -171,11 +171,14 @@ def _sparsity(config: Config) -> Any:
     option = config.jacfwd.sparsity
     if option is None or option == "auto":
         return option
+    start = time.perf_counter()
     try:
-        return _storage.read_sparsity(option)
+        pattern = _storage.read_sparsity(option)
     except (OSError, ValueError) as err:
         raise ConfigError([f"jacfwd.sparsity: {option!r} is not 'auto' and not the folder of "
                            f"a sparse rayjac result: {err}"]) from None
+    pattern.times = {"read_s": time.perf_counter() - start}  # this run's, not the original's
+    return pattern
 
 
 def _workers(config: Config) -> Any:

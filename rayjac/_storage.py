@@ -1,8 +1,9 @@
 """Result folders: the on-disk schema (``SCHEMA``), streaming atomic writes, and ``load``.
 
-A run's folder holds ``jacobian.arrow`` (one row per tangent column), ``value_aux.arrow`` (one
-row: the primal value and aux leaves) and ``metadata.json``, or ``.parquet`` files on request.
-``_treespec`` turns pytrees and shards into those tables; the README documents them.
+A run's folder holds ``jacobian.arrow`` (dense: one row per tangent column; sparse: one row per
+stored entry, with ``colors.arrow`` beside it), ``value_aux.arrow`` (one row: the primal value and
+aux leaves) and ``metadata.json``, or ``.parquet`` files on request. ``_treespec`` turns pytrees
+and dense shards into those tables, ``_coords`` sparse shards; the README documents them.
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from . import _coords
 from . import _folders
 from . import _treespec as ts
 
 
 @dataclasses.dataclass(frozen=True)
 class _Schema:
-    version: int = 1
+    version: int = 2  # the newest this rayjac reads: dense results are 1, sparse ones 2
     key: str = "rayjac"  # schema-metadata key of every file's JSON description
     index: tuple = ts.INDEX  # the Jacobian table's first columns, then out_0, out_1, ...
     jacobian: str = "jacobian"
     value_aux: str = "value_aux"
     metadata: str = "metadata.json"
+    colors: str = "colors"  # sparse results: the colour of each column
     formats: tuple = ("arrow", "parquet")
     # Measured by benchmarks/bench_storage.py (README: Parquet settings): dictionary pages never
     # help float tensors; zstd(1) shrinks sparse Jacobians ~100-fold, and byte-stream-split of
@@ -43,14 +46,21 @@ class _Schema:
     parquet: tuple = (("use_dictionary", False), ("compression", "zstd"),
                       ("compression_level", 1))
     byte_stream_split: tuple = (pa.float32(), pa.float64())
+    # The coordinate table's row/col: delta encoding (SPARSE_PARQUET, measured in
+    # bench_storage.py) stores their slowly growing runs in a few bits per entry.
+    delta: tuple = ("row", "col")
 
     def files(self, fmt: str) -> tuple[str, str, str]:
         return f"{self.jacobian}.{fmt}", f"{self.value_aux}.{fmt}", self.metadata
 
+    def colors_file(self, fmt: str) -> str:
+        return f"{self.colors}.{fmt}"
+
 
 SCHEMA = _Schema()
-_FOLDERS = _folders.Folders(files=frozenset(f for fmt in SCHEMA.formats for f in SCHEMA.files(fmt)),
-                            last=SCHEMA.metadata)
+_FOLDERS = _folders.Folders(
+    files=frozenset(f for fmt in SCHEMA.formats for f in SCHEMA.files(fmt) + (
+        SCHEMA.colors_file(fmt),)), last=SCHEMA.metadata)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -92,7 +102,13 @@ class Result:
 
 def _summary(tree: Any) -> str:
     """The tree with each array shown as ``dtype[shape]``."""
-    return repr(jax.tree_util.tree_map(lambda a: _Text(f"{a.dtype}{list(a.shape)}"), tree))
+    from jax.experimental import sparse
+
+    def text(a: Any) -> _Text:
+        kind = f"BCOO(nnz={a.nse})" if isinstance(a, sparse.BCOO) else ""
+        return _Text(f"{a.dtype}{list(a.shape)}{kind}")
+
+    return repr(jax.tree_util.tree_map(text, tree, is_leaf=lambda a: isinstance(a, sparse.BCOO)))
 
 
 class _Text(str):
@@ -175,11 +191,6 @@ def write_result(path: str | os.PathLike, stream: Any, *, format: str = "arrow",
     """
     if format not in SCHEMA.formats:
         raise ValueError(f"Unknown result format {format!r}; use one of {list(SCHEMA.formats)}.")
-    if getattr(stream, "plan", None) is not None:
-        stream.cancel()
-        raise ValueError("Storing sparse results (sparsity=...) is not supported yet: use "
-                         "sparsity=None to store the dense Jacobian, or keep the BCOO blocks "
-                         "that rayjac.jacfwd returns in memory.")
     fs, final = _folders.resolve(path, filesystem)
     try:
         _FOLDERS.check(fs, final, path, overwrite)
@@ -210,11 +221,17 @@ def holds_result(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None 
 
 def _describe(stream: Any, fmt: str, extra: dict) -> dict:
     """The JSON description kept in every file's schema metadata and in ``metadata.json``."""
-    desc = {**extra, "schema_version": SCHEMA.version, "format": fmt,
+    plan = getattr(stream, "plan", None)
+    desc = {**extra, "schema_version": 1 if plan is None else 2, "format": fmt,
+            "kind": "dense" if plan is None else "sparse",
             "files": dict(zip(("jacobian", "value_aux", "metadata"), SCHEMA.files(fmt))),
             "encodings": ts.ENCODINGS, "jacobian": ts.describe_layout(stream.layout),
             "value": ts.describe_tree(stream.value, "value"),
             "aux": ts.describe_tree(stream.aux, "aux")}
+    desc["jacobian"]["blocks"] = _blocks(stream.layout, plan)
+    if plan is not None:
+        desc["files"]["colors"] = SCHEMA.colors_file(fmt)
+        desc["sparsity"] = _coords.describe(plan)
     desc["versions"] = {**extra.get("versions", {}), **_versions()}
     desc["timings"] = dict(extra.get("timings", {}))
     try:
@@ -222,6 +239,23 @@ def _describe(stream: Any, fmt: str, extra: dict) -> dict:
     except (TypeError, ValueError) as err:
         raise TypeError(f"write_result(metadata=...) must be JSON-serialisable: {err}") from None
     return desc
+
+
+def _blocks(layout: Any, plan: Any) -> list[dict]:
+    """Every Jacobian block in ``jax.tree_util`` order of the stored Jacobian: its path,
+    shape, dtype, how many leading axes are the output's (``out_ndim``) and its ``nnz``
+    (``None`` when dense)."""
+    specs = [[_Leaf({"output": k, "input": i, "shape": list(o + shape), "out_ndim": len(o),
+                     "dtype": np.dtype(d).name,
+                     "nnz": None if plan is None else plan.spans[k][i][1] - plan.spans[k][i][0]})
+              for i, shape in enumerate(layout.basis.shapes)]
+             for k, (o, d) in enumerate(zip(layout.out_shapes, layout.out_dtypes))]
+    flat = jax.tree_util.tree_flatten_with_path(layout.structure(specs))[0]
+    return [{"path": jax.tree_util.keystr(path) or "(root)", **leaf} for path, leaf in flat]
+
+
+class _Leaf(dict):
+    """A dict that ``jax.tree_util`` treats as a leaf (only exact ``dict`` is a pytree node)."""
 
 
 def _versions() -> dict:
@@ -235,8 +269,15 @@ def _versions() -> dict:
 def _write_files(fs, folder: str, stream: Any, desc: dict) -> None:
     jac_file, value_aux_file, meta_file = SCHEMA.files(desc["format"])
     start = time.perf_counter()
+    plan = getattr(stream, "plan", None)
+    if plan is not None:
+        colors = _coords.colors_table(plan.pattern, _metadata(desc))
+        with _table_writer(fs, f"{folder}/{desc['files']['colors']}", colors.schema,
+                           desc["format"]) as writer:
+            writer.write_table(colors)
     try:
-        timings = _write_jacobian(fs, f"{folder}/{jac_file}", stream, desc)
+        write = _write_jacobian if plan is None else _write_coordinates
+        timings = write(fs, f"{folder}/{jac_file}", stream, desc)
     finally:  # on failure, lets a generator of shards (the engine) cancel its work
         getattr(stream.shards, "close", lambda: None)()
     desc["timings"].update(timings, write_total_s=time.perf_counter() - start)
@@ -273,6 +314,32 @@ def _write_jacobian(fs, file: str, stream: Any, desc: dict) -> dict:
     return {"shards_wait_s": waited, "jacobian_write_s": written}
 
 
+def _write_coordinates(fs, file: str, stream: Any, desc: dict) -> dict:
+    """The sparse twin of ``_write_jacobian``: each shard's entries, one batch as it arrives."""
+    plan = stream.plan
+    schema = _coords.table_schema(desc["sparsity"], _metadata(desc))
+    covered = np.zeros(plan.num_colors, dtype=bool)
+    waited = written = 0.0
+    entries = 0
+    with _table_writer(fs, file, schema, desc["format"]) as writer:
+        ready = time.perf_counter()
+        for shard in stream.shards:
+            arrived = time.perf_counter()
+            batch = _coords.shard_batch(schema, plan, covered, shard)
+            if batch.num_rows:
+                writer.write_batch(batch)
+            entries += batch.num_rows
+            del batch, shard  # hold no shard while waiting for the next one
+            waited += arrived - ready
+            ready = time.perf_counter()
+            written += ready - arrived
+    if not covered.all() or entries != plan.pattern.nnz:
+        raise ValueError(f"The shards covered {int(covered.sum())} of the {covered.size} "
+                         f"colours ({entries} of {plan.pattern.nnz} entries); the result is "
+                         "incomplete and was not written.")
+    return {"shards_wait_s": waited, "jacobian_write_s": written}
+
+
 @contextlib.contextmanager
 def _table_writer(fs, file: str, schema: pa.Schema, fmt: str) -> Iterator[Any]:
     with fs.open_output_stream(file) as sink:
@@ -286,7 +353,11 @@ def _parquet_options(schema: pa.Schema) -> dict:
     split = [f"{f.name}.list.element" for f in schema
              if isinstance(f.type, pa.FixedShapeTensorType)
              and f.type.value_type in SCHEMA.byte_stream_split]
-    return {**dict(SCHEMA.parquet), "use_byte_stream_split": split or False}
+    split += [f.name for f in schema if f.type in SCHEMA.byte_stream_split]
+    delta = {f.name: "DELTA_BINARY_PACKED" for f in schema if f.name in SCHEMA.delta
+             and f.type == pa.int64()}
+    return {**dict(SCHEMA.parquet), "use_byte_stream_split": split or False,
+            **({"column_encoding": delta} if delta else {})}
 
 
 def _metadata(desc: dict) -> dict[str, str]:
@@ -326,14 +397,56 @@ def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) 
     jac_file, value_aux_file, _ = SCHEMA.files(desc["format"])
     table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown)
     jac = _check_description(_table_description(table, shown, jac_file), shown, jac_file)
-    with _reading(shown, jac_file):
-        jacobian = ts.layout_from_json(jac["jacobian"]).assemble(
-            ts.read_rows(table, jac["jacobian"]), xp=np)
+    pattern = None
+    if jac.get("kind") == "sparse":
+        pattern, order = _read_pattern(fs, root, table, jac, shown)
+        with _reading(shown, jac_file):
+            jacobian = _coords.read_blocks(table, jac["sparsity"], pattern, order,
+                                           ts.layout_from_json(jac["jacobian"]))
+    else:
+        with _reading(shown, jac_file):
+            jacobian = ts.layout_from_json(jac["jacobian"]).assemble(
+                ts.read_rows(table, jac["jacobian"]), xp=np)
     parts = _read_table(fs, f"{root}/{value_aux_file}", desc["format"], shown)
     with _reading(shown, value_aux_file):
         batch = parts.to_batches()[0] if parts.num_rows else None
         value, aux = (ts.read_tree(batch, desc[part]) for part in ("value", "aux"))
-    return Result(jacobian, value, aux, desc, shown)
+    return Result(jacobian, value, aux, desc, shown, pattern)
+
+
+def read_sparsity(path: str | os.PathLike, *,
+                  filesystem: pafs.FileSystem | None = None) -> Any:
+    """The ``rayjac.Sparsity`` (pattern and colouring) of a sparse result, reading only its
+    ``row``/``col`` columns and colours, e.g. to reuse it (``jacfwd.sparsity: <folder>``).
+
+    Raises:
+      FileNotFoundError: nothing exists at ``path``.
+      ValueError: ``path`` is not a complete rayjac result, or holds a dense one.
+
+    Example:
+      >>> import jax.numpy as jnp, rayjac, tempfile
+      >>> folder = tempfile.mkdtemp() + "/run"
+      >>> jf = rayjac.jacfwd(lambda x: x[1:] * x[:-1], sparsity="auto")
+      >>> _ = rayjac._storage.write_result(folder, jf.stream((jnp.ones(5),)))
+      >>> read_sparsity(folder)
+      Sparsity(shape=(4, 5), nnz=8, density=0.4, num_colors=2)
+    """
+    fs, root = _folders.resolve(path, filesystem)
+    shown = os.fspath(path)
+    desc = _read_description(fs, root, shown)
+    if desc.get("kind") != "sparse":
+        raise _ResultError(f"{shown} holds a dense result, which has no sparsity pattern; "
+                           "name the folder of a run with jacfwd.sparsity set.")
+    jac_file = SCHEMA.files(desc["format"])[0]
+    table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown, columns=["row", "col"])
+    return _read_pattern(fs, root, table, desc, shown)[0]
+
+
+def _read_pattern(fs, root: str, table: pa.Table, desc: dict, shown: str) -> tuple[Any, Any]:
+    colors_file = SCHEMA.colors_file(desc["format"])
+    colors = _read_table(fs, f"{root}/{colors_file}", desc["format"], shown)
+    with _reading(shown, SCHEMA.files(desc["format"])[0]):
+        return _coords.read_pattern(table, colors, desc["sparsity"])
 
 
 class _ResultError(ValueError):
@@ -393,13 +506,15 @@ def _check_description(desc: Any, shown: str, name: str) -> dict:
     return desc
 
 
-def _read_table(fs, file: str, fmt: str, shown: str) -> pa.Table:
+def _read_table(fs, file: str, fmt: str, shown: str, columns: list | None = None
+                ) -> pa.Table:
     name = posixpath.basename(file)
     if fs.get_file_info(file).type == pafs.FileType.NotFound:
         raise _ResultError(f"{shown} is not a complete rayjac result: {name} is missing.")
     local = isinstance(fs, pafs.LocalFileSystem)
     with _reading(shown, name):
         if fmt == "parquet":
-            return pq.read_table(file, filesystem=fs, memory_map=local)
+            return pq.read_table(file, filesystem=fs, memory_map=local, columns=columns)
         source = pa.memory_map(file) if local else fs.open_input_file(file)
-        return pa.ipc.open_file(source).read_all()
+        table = pa.ipc.open_file(source).read_all()
+        return table if columns is None else table.select(columns)

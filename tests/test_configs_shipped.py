@@ -14,7 +14,8 @@ from rayjac._storage import load
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Keeps the sweep's grid small; every other shipped config runs as it is.
-SMALL = {"lorenz96_sweep.yaml": ["sweep.params.n=[8, 12]"]}
+SMALL = {"lorenz96_sweep.yaml": ["sweep.params.n=[8, 12]"],
+         "lorenz96_sparse.yaml": ["params.n=64"], "gray_scott_sparse.yaml": ["params.n=12"]}
 
 
 @pytest.fixture
@@ -24,7 +25,8 @@ def in_repo(monkeypatch):
 
 def test_the_shipped_configs_are_there():
     names = {path.stem for path in CONFIGS}
-    assert {"quickstart", "lorenz96", "hodgkin_huxley", "mlp", "gray_scott"} <= names
+    assert {"quickstart", "lorenz96", "hodgkin_huxley", "mlp", "gray_scott", "lorenz96_sparse",
+            "gray_scott_sparse"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -53,9 +55,16 @@ def test_config_runs_in_process(path, in_repo, tmp_path):
         result = load(run_config.output.path)
         problem = load_problem(run_config.problem, run_config.params)
         out = jax.eval_shape(problem.func, *problem.args)
-        for leaf in jax.tree_util.tree_leaves(result.jacobian):
+        assert (result.sparsity is not None) == (run_config.jacfwd.sparsity is not None)
+        for leaf in jax.tree_util.tree_leaves(result.jacobian, is_leaf=_is_bcoo):
             assert leaf.shape[:out.ndim] == out.shape
-            assert np.all(np.isfinite(leaf))
+            assert np.all(np.isfinite(leaf.data if _is_bcoo(leaf) else leaf))
+
+
+def _is_bcoo(x):
+    from jax.experimental import sparse
+
+    return isinstance(x, sparse.BCOO)
 
 
 def test_quickstart_runs_on_ray_and_matches_jax(ray_local, in_repo, tmp_path):
