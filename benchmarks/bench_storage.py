@@ -3,6 +3,7 @@ shards stream to disk against gathering the Jacobian in memory.
 
     python benchmarks/bench_storage.py            # n = 4096 (a 64 MiB float32 Jacobian)
     python benchmarks/bench_storage.py --n 1024 --no-engine
+    python benchmarks/bench_storage.py --nnz 1000000    # sparse: a banded 250000^2 Jacobian
 
 Each memory case runs in its own process: the peak resident set (VmHWM) is reset with
 /proc/self/clear_refs once everything is imported and set up, so a case's peak minus its
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 
 import rayjac
 from rayjac._jacobian import JacStream
+from rayjac._pattern import SparsePlan, SparseShard, Sparsity, gather_values
 from rayjac._storage import load, write_result
 
 MIB = 2 ** 20
@@ -58,6 +60,59 @@ def _layout(n: int):
 
 def _rows(length: int, n: int) -> np.ndarray:
     return np.random.default_rng(length).standard_normal((length, n), dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------ sparse
+
+SPARSE_COLORS = 8  # shards of a sparse stream: one per colour
+
+
+@functools.lru_cache
+def sparse_plan(nnz: int) -> SparsePlan:
+    """A Lorenz-96-like banded pattern with ``nnz`` entries (4 per row, cyclic), coloured by
+    ``col % 8`` (valid: columns that share a row are less than 4 apart)."""
+    n = max(nnz // 4 // SPARSE_COLORS, 1) * SPARSE_COLORS
+    rows = np.repeat(np.arange(n), 4)
+    cols = (rows + np.tile([-2, -1, 0, 1], n)) % n
+    pattern = Sparsity(rows, cols, (n, n), colors=np.arange(n) % SPARSE_COLORS)
+    return SparsePlan.build(pattern, _layout(n))
+
+
+def sparse_stream(nnz: int, fresh: bool = False) -> JacStream:
+    """A JacStream of the banded pattern's nonzeros, one shard per colour (as sharded
+    workers send them); ``fresh`` draws each shard's values anew."""
+    plan = sparse_plan(nnz)
+    sizes = [plan.positions(0, c, c + 1).size for c in range(SPARSE_COLORS)]
+    block = None if fresh else _values(max(sizes))
+
+    def shards_():
+        for c, size in enumerate(sizes):
+            yield SparseShard(c, c + 1, [_values(size) if fresh else block[:size]])
+    return JacStream(plan.layout, None, None, shards_(), plan=plan)
+
+
+def _values(size: int) -> np.ndarray:
+    return np.random.default_rng(size).standard_normal(size, dtype=np.float32)
+
+
+def sparse_speed_rows(nnz: int, folder: str) -> list[tuple[str, float, str]]:
+    """(case, seconds, note): writing and loading the sparse result, IPC and Parquet."""
+    nnz = sparse_plan(nnz).pattern.nnz
+    raw = nnz * 20  # row and col int64, value float32
+    rows = []
+    for fmt in ("arrow", "parquet"):
+        path = f"{folder}/sparse-{fmt}"
+
+        def fresh():
+            shutil.rmtree(path, ignore_errors=True)
+            return (sparse_stream(nnz),)
+        write = _best(lambda stream: write_result(path, stream, format=fmt), fresh)
+        size = os.path.getsize(f"{path}/jacobian.{fmt}")
+        rows.append((f"write {fmt}, {SPARSE_COLORS} shards", write,
+                     f"{_rate(raw, write)}, {size / nnz:.2f} bytes/entry on disk"))
+        loaded = _best(lambda: load(path))
+        rows.append((f"load {fmt} -> BCOO + Sparsity", loaded, _rate(raw, loaded)))
+    return rows
 
 
 def _best(func, setup=lambda: None, repeat: int = 3) -> float:
@@ -139,12 +194,21 @@ def memory_case(case: str, n: int, shards: int, folder: str) -> dict:
         # Warm up (start the workers, compile) without ever holding the Jacobian here.
         write_result(f"{folder}/{case}-warm", jf.stream((x,)))
     path = f"{folder}/{case}"
+    if case.startswith("sparse"):
+        sparse_plan(n).by_color  # the plan (the driver holds it either way) is set up first
     run = {
+        "sparse-stream": lambda: write_result(path, sparse_stream(n, True)),
+        "sparse-gather": lambda: gather_values(sparse_plan(n), sparse_stream(n, True).shards),
         "synthetic-stream": lambda: write_result(path, synthetic_stream(n, shards, True)),
         "synthetic-gather": lambda: _gather(synthetic_stream(n, shards, True)),
         "engine-stream": lambda: write_result(path, jf.stream((x,))),
         "engine-gather": lambda: jax.block_until_ready(jf(x)),
     }[case]
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # set-up garbage would otherwise hide new memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set
     before, anon = _status("VmRSS"), _status("RssAnon")
@@ -192,13 +256,14 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def memory_rows(n: int, shards: int, folder: str, engine: bool) -> list[dict]:
-    cases = ["synthetic-stream", "synthetic-gather"]
-    cases += ["engine-stream", "engine-gather"] if engine else []
+def memory_rows(n: int, shards: int, folder: str, engine: bool,
+                cases: tuple = (), nnz: int = 0) -> list[dict]:
+    cases = list(cases) or ["synthetic-stream", "synthetic-gather"] + (
+        ["engine-stream", "engine-gather"] if engine else [])
     found = []
     for case in cases:
         proc = subprocess.run([sys.executable, __file__, "--memory-case", case, "--n", str(n),
-                               "--shards", str(shards), "--folder", folder],
+                               "--shards", str(shards), "--folder", folder, "--nnz", str(nnz)],
                               capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"memory case {case} failed:\n{proc.stderr[-3000:]}")
@@ -218,28 +283,54 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--no-engine", dest="engine", action="store_false")
+    parser.add_argument("--nnz", type=int, default=1_000_000, help="entries of the sparse "
+                        "result")
+    parser.add_argument("--sparse-only", action="store_true", help="only the sparse tables")
     parser.add_argument("--memory-case")
     parser.add_argument("--folder")
     args = parser.parse_args()
     if args.memory_case:
-        print(json.dumps(memory_case(args.memory_case, args.n, args.shards, args.folder)))
+        size = args.nnz if args.memory_case.startswith("sparse") else args.n
+        print(json.dumps(memory_case(args.memory_case, size, args.shards, args.folder)))
         return
     folder = tempfile.mkdtemp(prefix="rayjac-bench-")
     try:
         print(f"machine: {machine()}")
-        print(f"Jacobian: {args.n} x {args.n} float32 ({args.n ** 2 * 4 / MIB:.0f} MiB)\n")
-        print("| case | time | rate |\n|---|---|---|")
-        for case, seconds, note in speed_rows(args.n, args.shards, folder):
-            print(f"| {case} | {seconds * 1e3:.1f} ms | {note} |")
-        print("\n| Parquet data | settings | size / raw | write |\n|---|---|---|---|")
-        for data, variant, ratio, seconds in parquet_rows(args.n, folder):
-            print(f"| {data} | {variant} | {ratio:.3f} | {seconds * 1e3:.0f} ms |")
-        print("\n| driver memory, above its start | peak private (RssAnon) | peak RSS (VmHWM) |"
-              "\n|---|---|---|")
-        for row in memory_rows(args.n, args.shards, folder, args.engine):
-            print(f"| {row['case']} | {row['private_mib']:.0f} MiB | {row['rss_mib']:.0f} MiB |")
+        if not args.sparse_only:
+            dense_tables(args, folder)
+        sparse_tables(args, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def dense_tables(args: argparse.Namespace, folder: str) -> None:
+    """The dense write/load, Parquet and driver-memory tables."""
+    print(f"Jacobian: {args.n} x {args.n} float32 ({args.n ** 2 * 4 / MIB:.0f} MiB)\n")
+    print("| case | time | rate |\n|---|---|---|")
+    for case, seconds, note in speed_rows(args.n, args.shards, folder):
+        print(f"| {case} | {seconds * 1e3:.1f} ms | {note} |")
+    print("\n| Parquet data | settings | size / raw | write |\n|---|---|---|---|")
+    for data, variant, ratio, seconds in parquet_rows(args.n, folder):
+        print(f"| {data} | {variant} | {ratio:.3f} | {seconds * 1e3:.0f} ms |")
+    print("\n| driver memory, above its start | peak private (RssAnon) | peak RSS (VmHWM) |"
+          "\n|---|---|---|")
+    for row in memory_rows(args.n, args.shards, folder, args.engine):
+        print(f"| {row['case']} | {row['private_mib']:.0f} MiB | {row['rss_mib']:.0f} MiB |")
+
+
+def sparse_tables(args: argparse.Namespace, folder: str) -> None:
+    """The sparse write/load and driver-memory tables."""
+    nnz = sparse_plan(args.nnz).pattern.nnz
+    m = sparse_plan(args.nnz).pattern.shape[0]
+    print(f"\nSparse: {m} x {m} banded, {nnz} float32 entries ({nnz * 20 / MIB:.0f} MiB "
+          "as row, col, value)\n\n| case | time | rate |\n|---|---|---|")
+    for case, seconds, note in sparse_speed_rows(args.nnz, folder):
+        print(f"| {case} | {seconds * 1e3:.1f} ms | {note} |")
+    print("\n| driver memory, above its start | peak private (RssAnon) | peak RSS (VmHWM) |"
+          "\n|---|---|---|")
+    for row in memory_rows(args.n, args.shards, folder, args.engine,
+                           ("sparse-stream", "sparse-gather"), args.nnz):
+        print(f"| {row['case']} | {row['private_mib']:.0f} MiB | {row['rss_mib']:.0f} MiB |")
 
 
 if __name__ == "__main__":
