@@ -79,8 +79,8 @@ def shard_batch(schema: pa.Schema, plan: SparsePlan, covered: np.ndarray,
     covered[start:stop] = True
     entries = np.concatenate([e[p] for e, p in zip(plan.entries, positions)])
     data = np.concatenate([np.asarray(v) for v in values]) if values else np.zeros(0)
-    stored = schema.field(schema.names[-1]).type.to_pandas_dtype()
-    if len(schema.names) == 4:  # complex: real and imaginary parts
+    stored = schema.field(2).type.to_pandas_dtype()
+    if _IMAG in schema.names:
         columns = [np.real(data).astype(stored), np.imag(data).astype(stored)]
     else:
         columns = [data.astype(stored, copy=False)]
