@@ -101,6 +101,14 @@ def _check_output_path(config: Config) -> None:
             "working directory on the cluster and its results would be lost. Use an absolute "
             "path on storage the cluster shares (--set output.path=/shared/results/"
             f"{config.name}) or a URI (s3://bucket/results/{config.name})."])
+    folders = [config.jacfwd.sparsity] + list((config.sweep or {}).get("jacfwd.sparsity", []))
+    relative = [f for f in folders if isinstance(f, str) and f != "auto" and "://" not in f
+                and not os.path.isabs(f)]
+    if relative:
+        raise ConfigError([
+            f"jacfwd.sparsity: {relative[0]!r} is a relative folder, but a submitted job runs "
+            "in a temporary working directory on the cluster, where it does not exist. Name "
+            "the earlier sparse result by an absolute path on shared storage or a URI."])
 
 
 def _resolve_address(address: str | None) -> str:

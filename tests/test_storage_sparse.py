@@ -382,3 +382,17 @@ def test_the_cli_runs_shows_and_plots_a_sparse_config(tmp_path):
     assert (tmp_path / "l96.png").read_bytes()[:4] == b"\x89PNG"
     res = load(out)
     assert res.sparsity.nnz == 64 * 4 + 64 and holds_result(out)
+
+
+@pytest.mark.parametrize("where", ["jacfwd", "sweep"])
+def test_submit_refuses_a_relative_sparsity_folder(where):
+    from rayjac._submit import submit
+
+    raw = {"problem": "jobs.lorenz96:make", "output": {"path": "/shared/l96"}}
+    if where == "jacfwd":
+        raw["jacfwd"] = {"sparsity": "results/l96"}
+    else:
+        raw["sweep"] = {"jacfwd.sparsity": ["auto", "results/l96"]}
+    with pytest.raises(ConfigError, match=r"jacfwd.sparsity: 'results/l96' is a relative "
+                                          r"folder.*absolute path on shared storage or a URI"):
+        submit(parse_config(raw), "http://127.0.0.1:1")
