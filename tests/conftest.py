@@ -9,16 +9,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAYJAC_QUIET", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+# Functions defined in test modules are pickled by reference: workers import them too. Set at
+# import, not in the fixture, since some tests (a CLI sweep) start the embedded Ray themselves
+# and every Ray worker inherits the environment of the process that started Ray.
+_here = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_here, os.path.dirname(_here), os.environ.get("PYTHONPATH")) if p)
+
 
 @pytest.fixture(scope="session")
 def ray_local():
     """A real single-node Ray (2 CPUs) shared by every test of the session."""
     import ray
 
-    # Functions defined in test modules are pickled by reference: workers import them too.
-    here = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (here, os.path.dirname(here), os.environ.get("PYTHONPATH")) if p)
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
