@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -258,11 +259,14 @@ class _Leaf(dict):
     """A dict that ``jax.tree_util`` treats as a leaf (only exact ``dict`` is a pytree node)."""
 
 
+@functools.lru_cache(maxsize=None)
 def _versions() -> dict:
-    found = {"python": platform.python_version()}
-    for dist in ("rayjac", "jax", "jaxlib", "numpy", "pyarrow"):
+    """Read once per process: a sweep's runner stores hundreds of runs."""
+    found = {}
+    for dist in ("rayjac", "ray", "pydantic", "python", "jax", "jaxlib", "numpy", "pyarrow"):
         with contextlib.suppress(_importlib_metadata.PackageNotFoundError):
-            found[dist] = _importlib_metadata.version(dist)
+            found[dist] = (platform.python_version() if dist == "python"
+                           else _importlib_metadata.version(dist))
     return found
 
 
