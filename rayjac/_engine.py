@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 import uuid
 import weakref
@@ -22,6 +21,7 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostErr
                             RayTaskError)
 
 from ._program import TangentProgram
+from ._progress import shard_bar
 from ._variables import shipping
 from ._worker import Worker, worker_env
 
@@ -41,11 +41,31 @@ class WorkerOptions:
     """Resources of each worker actor and the cluster to join.
 
     ``address=None`` joins ``RAY_ADDRESS`` when set, else starts an embedded local Ray.
+    ``max_workers`` caps the pool below what the cluster holds (a sweep run's share of it).
     """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     address: str | None = None
+    max_workers: int | None = None
+
+
+def capacity(options: WorkerOptions, total: dict[str, float]) -> int:
+    """How many workers of this shape a cluster with ``total`` resources holds (at least 1);
+    a clear ``ValueError`` when not even one fits."""
+    if options.num_gpus:
+        gpus = total.get("GPU", 0.0)
+        if gpus < options.num_gpus:
+            raise ValueError(
+                f"Each worker asks for num_gpus={options.num_gpus}, but the Ray cluster "
+                f"has {gpus:g} GPU(s). Use num_gpus: 0 for CPU workers, or join a cluster "
+                "with GPUs (execution.address / RAY_ADDRESS).")
+        return max(1, int(gpus // options.num_gpus))
+    cpus = total.get("CPU", 0.0)
+    if options.num_cpus and cpus < options.num_cpus:
+        raise ValueError(f"Each worker asks for num_cpus={options.num_cpus}, but the Ray "
+                         f"cluster has {cpus:g} CPU(s). Lower execution.num_cpus.")
+    return max(1, int(cpus // options.num_cpus)) if options.num_cpus else 1
 
 
 class ShardError(RuntimeError):
@@ -74,20 +94,8 @@ class _Pool:
         self.shipped: dict[int, set[str]] = {}
 
     def capacity(self) -> int:
-        total = ray.cluster_resources()
-        if self.options.num_gpus:
-            gpus = total.get("GPU", 0.0)
-            if gpus < self.options.num_gpus:
-                raise ValueError(
-                    f"Each worker asks for num_gpus={self.options.num_gpus}, but the Ray cluster "
-                    f"has {gpus:g} GPU(s). Use num_gpus: 0 for CPU workers, or join a cluster "
-                    "with GPUs (execution.address / RAY_ADDRESS).")
-            return max(1, int(gpus // self.options.num_gpus))
-        cpus = total.get("CPU", 0.0)
-        if self.options.num_cpus and cpus < self.options.num_cpus:
-            raise ValueError(f"Each worker asks for num_cpus={self.options.num_cpus}, but the Ray "
-                             f"cluster has {cpus:g} CPU(s). Lower execution.num_cpus.")
-        return max(1, int(cpus // self.options.num_cpus)) if self.options.num_cpus else 1
+        fit = capacity(self.options, ray.cluster_resources())
+        return min(fit, self.options.max_workers or fit)
 
     def grow(self, wanted: int) -> None:
         if len(self.actors) >= wanted:
@@ -120,20 +128,36 @@ def _job() -> str:
     return ray.get_runtime_context().get_job_id()
 
 
+# Called before a new pool starts: other holders of this driver's resources (a sweep's idle
+# runners, see _parallel) let go of them first.
+holders_to_release: list = []
+
+
 def _pool(options: WorkerOptions) -> _Pool:
     """This driver's pool for these options. One pool holds resources at a time: the actors of
-    another shape (e.g. the previous run of a sweep over num_cpus) are released first, since
-    they would otherwise keep the resources that the new ones wait for."""
+    another shape (e.g. the previous run of a sweep over num_cpus), and a sweep's idle runners,
+    are released first, since they would otherwise keep the resources that the new ones wait
+    for."""
     import jax
     x64 = bool(jax.config.jax_enable_x64)
-    key = (options.num_cpus, options.num_gpus, x64, _job())
+    key = (options.num_cpus, options.num_gpus, options.max_workers, x64, _job())
     with _pools_lock:
         if key not in _pools:
+            for release in holders_to_release:
+                release()
             for old in _pools.values():
                 old.close()
             _pools.clear()
             _pools[key] = _Pool(options, x64)
         return _pools[key]
+
+
+def release_pools() -> None:
+    """Releases this process's worker pools and their resources (a sweep's runs need them)."""
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
 
 
 def run_shards(program: TangentProgram, diff: list, const: list, state: list, shards: int,
@@ -207,7 +231,7 @@ class _Call:
         self.pending = list(range(len(ranges)))[::-1]
         self.attempts = [0] * len(ranges)
         self.in_flight: dict[Any, tuple[Any, int]] = {}
-        self.progress = _Progress(len(ranges))
+        self.progress = shard_bar(len(ranges))
         self.unit = "tangent columns" if program.plan is None else "colours"
 
     def _submit(self, actor, shard: int) -> None:
@@ -239,7 +263,7 @@ class _Call:
                 actor, shard = self.in_flight.pop(ref)
                 rows = self._collect(ref, actor, shard)
                 if rows is not None:
-                    self.progress.step()
+                    self.progress.update()
                     yield self.program.shard_item(*self.ranges[shard], rows)
                 self.fill()
         finally:
@@ -266,21 +290,3 @@ class _Call:
                 self.pool.drop(actor)
             self.pending.append(shard)  # retried on another (or a fresh) worker
             return None
-
-
-class _Progress:
-    """Shards done / total on a terminal; silent otherwise."""
-
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
-        self.enabled = total > 1 and sys.stderr.isatty() and not os.environ.get("RAYJAC_QUIET")
-
-    def step(self) -> None:
-        self.done += 1
-        if self.enabled:
-            sys.stderr.write(f"\rrayjac: shards {self.done}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")

@@ -1,5 +1,6 @@
-"""What runs inside a Ray worker actor (the Ray wrapper lives in ``_engine``): core pinning,
-the cached program and inputs of the current call, and the J^T rows of one shard."""
+"""What runs inside Ray actors (the Ray wrappers live in ``_engine`` and ``_parallel``): core
+pinning; a shard worker's cached program and inputs and the J^T rows of one shard; a sweep
+runner's whole run."""
 
 from __future__ import annotations
 
@@ -49,16 +50,24 @@ def _claim_cores(num_cpus: float) -> tuple[list[int], list[Any]]:
     return [], []
 
 
+def pin_to_cores(num_cpus: float) -> tuple[list[int], list[Any]]:
+    """Pins this process to ``ceil(num_cpus)`` cores no other rayjac process of the node holds
+    (CPU processes only; none when all are taken). Call it before JAX starts its thread pool;
+    keep the returned lock handles for the life of the process."""
+    on_gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if not num_cpus or not hasattr(os, "sched_setaffinity") or on_gpu:
+        return [], []
+    cores, locks = _claim_cores(num_cpus)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    return cores, locks
+
+
 class Worker:
     """One long-lived worker: compiles each program once and reuses it across shards."""
 
     def __init__(self, num_cpus: float):
-        self.cores, self._locks = [], []
-        on_gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
-        if num_cpus and hasattr(os, "sched_setaffinity") and not on_gpu:
-            self.cores, self._locks = _claim_cores(num_cpus)
-            if self.cores:
-                os.sched_setaffinity(0, self.cores)  # before JAX starts its thread pool
+        self.cores, self._locks = pin_to_cores(num_cpus)
         self._programs: dict[str, Any] = {}
         self._call: tuple[str, Any] | None = None
         self._arrays: dict[str, Any] = {}
@@ -119,3 +128,41 @@ class Worker:
     @staticmethod
     def _kernel(program: Any, columns: bool) -> Any:
         return program.columns_jit if columns and program.plan is None else program.rows_jit
+
+
+class Runner:
+    """One long-lived sweep runner: executes whole runs (factory, primal, Jacobian, writing),
+    one at a time. An in-process run's runner holds its run's cores; a sharded run's runner
+    holds none itself and starts its own shard workers (``max_workers`` of them at most)."""
+
+    def __init__(self, num_cpus: float, env: dict[str, str]):
+        self.cores, self._locks = pin_to_cores(num_cpus)
+        # Set here rather than in a runtime_env of its own, which would cost each runner a
+        # fresh worker process (seconds); JAX has not started a backend yet.
+        import jax
+
+        os.environ.update(env)
+        jax.config.update("jax_enable_x64", env["JAX_ENABLE_X64"] == "1")
+        if "JAX_PLATFORMS" in env:
+            jax.config.update("jax_platforms", env["JAX_PLATFORMS"])
+
+    def describe(self) -> dict:
+        import jax
+
+        return {"pid": os.getpid(), "cores": self.cores, "x64": jax.config.jax_enable_x64,
+                "platforms": jax.config.jax_platforms,
+                "devices": [d.platform for d in jax.devices()]}
+
+    def run(self, config: Any, point: dict, cwd: str, max_workers: int | None
+            ) -> tuple[str | None, float]:
+        """``(None, seconds)`` when the run is stored, else ``(error message, seconds)``."""
+        from ._run import run_one
+
+        if os.path.isdir(cwd):  # the driver's folder on this node: its relative paths hold
+            os.chdir(cwd)
+        start = time.perf_counter()
+        try:
+            run_one(config, point, max_workers=max_workers)
+        except Exception as err:  # recorded by the driver; the sweep goes on
+            return f"{type(err).__name__}: {err}", time.perf_counter() - start
+        return None, time.perf_counter() - start

@@ -164,25 +164,6 @@ def test_stream_yields_shards_that_cover_all_columns():
     assert starts == [(0, 2), (2, 3), (5, 2), (7, 3)]
 
 
-def test_progress_only_on_a_terminal(monkeypatch, capsys):
-    monkeypatch.delenv("RAYJAC_QUIET", raising=False)
-    progress = _engine._Progress(3)
-    progress.step()
-    progress.close()
-    assert capsys.readouterr().err == ""
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    progress = _engine._Progress(2)
-    progress.step()
-    progress.step()
-    progress.close()
-    assert "shards 2/2" in capsys.readouterr().err
-    monkeypatch.setenv("RAYJAC_QUIET", "1")
-    progress = _engine._Progress(2)
-    progress.step()
-    progress.close()
-    assert capsys.readouterr().err == ""
-
-
 def test_workers_pin_distinct_cores():
     pool = _engine._pool(_engine.WorkerOptions())
     rayjac.jacfwd(lambda x: x * 2, shards=2)(jnp.ones(4))
