@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"execution.address={json.dumps(args.address)}")
     config = load_config(args.config, overrides)
     try:
-        records = run(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        records = run(config)  # progress on stderr: a live bar on a terminal, else lines
     except ConfigError as err:  # found while running (factory, grad_vars): name the file too
         raise ConfigError(err.problems, args.config) from None
     if not config.sweep:

@@ -11,7 +11,6 @@ import os
 import sys
 import time
 import uuid
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,8 +18,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from . import _storage
+from . import _folders, _storage
 from ._config import Config, ConfigError, load_config
+from ._lock import sweep_lock
+from ._progress import SweepProgress
 from ._sweep import SweepRun, expand_sweep
 from ._jacobian import jacfwd
 from ._problem import Problem
@@ -51,13 +52,16 @@ def run(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
         progress: Callable[[str], None] | None = None) -> list[RunRecord]:
     """Run a config: a single job, or every point of its ``sweep``.
 
-    A single run raises on any error. A sweep records a failed run and goes on; it skips the
-    runs already done, rewriting ``<output.path>/runs.parquet`` after every run.
+    A single run raises on any error. A sweep runs its points on the cluster, up to
+    ``execution.parallel_runs`` at once; it records a failed run and goes on, skips the runs
+    already done, and rewrites ``<output.path>/runs.parquet`` as each run ends.
 
     Args:
         config: a :class:`Config` or the path of a YAML config.
         overrides: ``"dotted.key=value"`` strings (only with a path).
-        progress: called with one line of text before and after each run of a sweep.
+        progress: for a sweep, called with one line as each run ends and a summary line;
+            ``None``: rayjac's own display on stderr (a live bar on a terminal, else those
+            lines; nothing with ``RAYJAC_QUIET=1``).
 
     Returns:
         One :class:`RunRecord` per run.
@@ -79,11 +83,13 @@ def run(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
     return [RunRecord(config.name, {}, "done", None, path)]
 
 
-def run_one(config: Config, point: dict | None = None) -> str:
+def run_one(config: Config, point: dict | None = None, *, max_workers: int | None = None
+            ) -> str:
     """Compute and store one config's Jacobian (its ``sweep`` is ignored); returns the path.
 
     The destination is checked before any work; the factory is imported with the current
-    directory on ``sys.path``.
+    directory on ``sys.path``. ``max_workers`` caps the shard workers (a sweep run's share of
+    the cluster).
 
     Example:
         >>> from rayjac._config import parse_config
@@ -105,7 +111,7 @@ def run_one(config: Config, point: dict | None = None) -> str:
                 holomorphic=options.holomorphic, shards=config.execution.shards,
                 chunk_size=config.execution.chunk_size, sparsity=_sparsity(config))
     built = time.perf_counter()
-    stream = jf.stream(problem.args, {}, workers=_workers(config))
+    stream = jf.stream(problem.args, {}, workers=_workers(config, max_workers))
     timings = {"factory_s": built - start, "primal_s": time.perf_counter() - built}
     return _storage.write_result(config.output.path, stream, format=config.output.format,
                                  overwrite=config.output.overwrite,
@@ -181,24 +187,19 @@ def _sparsity(config: Config) -> Any:
     return pattern
 
 
-def _workers(config: Config) -> Any:
+def _workers(config: Config, max_workers: int | None) -> Any:
     if config.execution.shards is None:
         return None
     from ._engine import WorkerOptions
 
     ex = config.execution
-    return WorkerOptions(num_cpus=ex.num_cpus, num_gpus=ex.num_gpus, address=ex.address)
+    return WorkerOptions(num_cpus=ex.num_cpus, num_gpus=ex.num_gpus, address=ex.address,
+                         max_workers=max_workers)
 
 
 def _metadata(config: Config, point: dict | None, timings: dict) -> dict:
-    versions = {}
-    for dist in ("ray", "pydantic"):
-        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
-            versions[dist] = importlib_metadata.version(dist)
-    from . import __version__
-
-    meta = {"config": config.model_dump(mode="json"), "timings": timings,
-            "versions": {"rayjac": __version__, **versions}}
+    """The run's description; ``write_result`` adds the package versions."""
+    meta = {"config": config.model_dump(mode="json"), "timings": timings}
     if point is not None:
         meta["sweep_point"] = point
     return meta
@@ -208,7 +209,12 @@ def _metadata(config: Config, point: dict | None, timings: dict) -> dict:
 
 def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
               ) -> list[RunRecord]:
-    """Run every point of ``config.sweep``, skipping those done; see :func:`run`.
+    """Run every point of ``config.sweep`` on the cluster, skipping those done; see :func:`run`.
+
+    Up to ``execution.parallel_runs`` points run at once (``None``: as many as the cluster's
+    resources fit), each wholly on a Ray runner. This process (the driver) only decides what
+    to run and rewrites ``runs.parquet`` as each run ends. It holds the sweep folder's lock
+    throughout: a second ``run`` of the same folder waits for it.
 
     Example:
         >>> from rayjac._config import parse_config
@@ -217,24 +223,51 @@ def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
         >>> [r.status for r in run_sweep(cfg)]
         ['done', 'done']
     """
-    say = progress or (lambda line: None)
+    from ._engine import ensure_ray
+
+    ensure_ray(config.execution.address)  # before this process starts JAX (fork safety)
     runs = expand_sweep(config)
-    types = _column_types(runs)
-    records = []
-    for index, sweep_run in enumerate(runs, 1):
-        tag = f"[{index}/{len(runs)}] {sweep_run.run_id}"
-        record, message = _sweep_step(sweep_run, config.output.overwrite, say, tag)
-        say(f"{tag}: {message}")
-        records.append(record)
-        _write_runs_table(config.output.path, records, types)
+    show = SweepProgress(len(runs), progress)
+    with sweep_lock(config.output.path, show.notice):
+        records = _sweep_locked(config, runs, show)
     failed = sum(r.status == "failed" for r in records)
-    say(f"{len(records) - failed} of {len(records)} runs done, {failed} failed; table: "
-        f"{config.output.path.rstrip('/')}/{RUNS_TABLE}")
+    show.close(f"{len(records) - failed} of {len(records)} runs done, {failed} failed; table: "
+               f"{config.output.path.rstrip('/')}/{RUNS_TABLE}")
     return records
 
 
-def _sweep_step(sweep_run: SweepRun, overwrite: bool, say: Callable[[str], None],
-                tag: str) -> tuple[RunRecord, str]:
+def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
+                  ) -> list[RunRecord]:
+    from ._parallel import run_all
+
+    folder, types = config.output.path, _column_types(runs)
+    _remove_leftovers(folder, [r.run_id for r in runs])
+    records: dict[int, RunRecord] = {}
+    todo = []
+    for index, sweep_run in enumerate(runs):
+        decided = _decided(sweep_run, config.output.overwrite)
+        if decided is None:
+            todo.append((index, _redo(sweep_run.config), sweep_run.point))
+            continue
+        records[index], message = decided
+        show.finished(sweep_run.run_id, records[index].status, message, ran=False)
+    if records:
+        _write_runs_table(folder, [records[i] for i in sorted(records)], types)
+    outcomes = run_all(todo, config.execution.parallel_runs,
+                       started=lambda index: show.started(), waiting=show.tick)
+    with contextlib.closing(outcomes):  # on an error or Ctrl-C here, the runners stop at once
+        for index, error, seconds in outcomes:
+            run_id, point, _ = runs[index]
+            records[index] = RunRecord(run_id, point, "failed" if error else "done", error,
+                                       run_id)
+            _write_runs_table(folder, [records[i] for i in sorted(records)], types)
+            show.finished(run_id, records[index].status,
+                          f"FAILED: {error}" if error else f"done in {seconds:.1f} s")
+    return [records[i] for i in range(len(runs))]
+
+
+def _decided(sweep_run: SweepRun, overwrite: bool) -> tuple[RunRecord, str] | None:
+    """The record of a run that needs no running (done already, or a result to keep)."""
     run_id, point, config = sweep_run
     state, why = ("redo", None) if overwrite else _stored_state(config)
     if state == "done":
@@ -243,17 +276,31 @@ def _sweep_step(sweep_run: SweepRun, overwrite: bool, say: Callable[[str], None]
         error = (f"FileExistsError: {config.output.path} holds a result {why}; set "
                  "output.overwrite: true to recompute it, or choose another output.path")
         return RunRecord(run_id, point, "failed", error, run_id), f"FAILED: {error}"
-    say(f"{tag}: running")
-    start = time.perf_counter()
-    redo = config.model_copy(update={"output": config.output.model_copy(
-        update={"overwrite": True})})  # a leftover there has no metadata.json: not a result
-    try:
-        run_one(redo, point)
-    except Exception as err:  # a failed run is recorded; the sweep goes on
-        error = f"{type(err).__name__}: {err}"
-        return RunRecord(run_id, point, "failed", error, run_id), f"FAILED: {error}"
-    took = time.perf_counter() - start
-    return RunRecord(run_id, point, "done", None, run_id), f"done in {took:.1f} s"
+    return None
+
+
+def _redo(config: Config) -> Config:
+    """The run's config as sent to its runner: a leftover at its path (a folder without
+    metadata.json) is not a result, so it may be replaced."""
+    return config.model_copy(update={"output": config.output.model_copy(
+        update={"overwrite": True})})
+
+
+def _remove_leftovers(folder: str, run_ids: list[str]) -> None:
+    """Deletes the hidden temporary folders and files that a killed run left in a local sweep
+    folder (never a published result: those have no leading dot). Called under the lock."""
+    fs, root = _folders.resolve(folder, None)
+    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
+        return
+    prefixes = tuple(f".{name}." for name in [*run_ids, RUNS_TABLE])
+    for entry in os.scandir(root):
+        if not entry.name.startswith(prefixes) or not ("tmp-" in entry.name
+                                                       or "old-" in entry.name):
+            continue
+        if entry.is_dir():
+            _folders.remove(fs, entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _stored_state(config: Config) -> tuple[str, str | None]:

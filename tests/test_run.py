@@ -16,17 +16,16 @@ from rayjac._storage import load
 
 JOB = '''
 import pathlib
+import uuid
 import jax.numpy as jnp
 import rayjac
 
-def make(n=3, counter=None, fail_at=None, interrupt_at=None, scale=1.0):
-    if counter:
-        path = pathlib.Path(counter)
-        path.write_text(str(int(path.read_text() or 0) + 1) if path.exists() else "1")
+def make(n=3, counter=None, fail_at=None, scale=1.0):
+    if counter:  # one file per call: safe when runs of a sweep call it at the same time
+        pathlib.Path(counter).mkdir(exist_ok=True)
+        (pathlib.Path(counter) / f"{n}-{uuid.uuid4().hex}").touch()
     if fail_at is not None and n == fail_at and pathlib.Path("fail.flag").exists():
         raise ValueError(f"n={n} is unlucky")
-    if interrupt_at is not None and n == interrupt_at:
-        raise KeyboardInterrupt
     w = rayjac.Variable(jnp.linspace(1.0, 2.0, n))
     b = rayjac.Variable(jnp.zeros(2))
 
@@ -42,17 +41,17 @@ def not_a_problem(**params):
 
 @pytest.fixture
 def job(tmp_path, monkeypatch):
-    """A fresh job package in tmp_path (the cwd); returns (module name, counter file)."""
+    """A fresh job package in tmp_path (the cwd); returns (module name, counter folder)."""
     package = f"tjobs_{uuid.uuid4().hex[:8]}"
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / package / "toy.py").write_text(textwrap.dedent(JOB))
     monkeypatch.chdir(tmp_path)
-    return f"{package}.toy", tmp_path / "count.txt"
+    return f"{package}.toy", tmp_path / "calls"
 
 
 def calls(counter):
-    return int(counter.read_text()) if counter.exists() else 0
+    return len(list(counter.iterdir())) if counter.exists() else 0
 
 
 def config(module, **sections):
@@ -136,6 +135,13 @@ def test_destination_is_checked_before_the_factory_runs(job):
 
 
 # ----------------------------------------------------------------------------------- sweeps
+# Sweeps run their points on Ray runners (rayjac._parallel), two at once on the session's Ray.
+
+@pytest.fixture(autouse=True)
+def _ray(request):
+    if "sweep" in request.node.name:
+        request.getfixturevalue("ray_local")
+
 
 def sweep_config(module, counter, **extra):
     return config(module, params={"counter": str(counter), "fail_at": 3, **extra},
@@ -167,8 +173,11 @@ def test_sweep_writes_one_folder_per_point_and_a_typed_runs_table(job, tmp_path)
         assert result.metadata["sweep_point"] == {"params.n": row["params.n"],
                                                   "execution.chunk_size":
                                                       row["execution.chunk_size"]}
-    assert lines[0] == "[1/6] n-2_chunk_size-null: running"
-    assert lines[1].startswith("[1/6] n-2_chunk_size-null: done in ")
+    # One line per finished run, in the order they end, then the summary.
+    assert [line.split(" ")[0] for line in lines[:-1]] == [f"[{k}/6]" for k in range(1, 7)]
+    assert sorted(line.split(" ")[1] for line in lines[:-1]) == sorted(
+        f"{r['run_id']}:" for r in rows)
+    assert all(" done in " in line for line in lines[:-1])
     assert lines[-1].startswith("6 of 6 runs done, 0 failed; table: ")
 
 
@@ -198,15 +207,23 @@ def test_sweep_records_failures_goes_on_and_resumes(job, tmp_path):
     assert [r["status"] for r in read_table(tmp_path).to_pylist()] == ["done"] * 6
 
 
-def test_runs_table_is_written_after_every_run(job, tmp_path):
+def test_runs_table_is_written_after_every_run_sweep(job, tmp_path):
     module, counter = job
-    cfg = config(module, params={"interrupt_at": 4}, output={"path": "sweep"},
-                 sweep={"params.n": [2, 3, 4, 5]})
+    cfg = config(module, params={"counter": str(counter)}, output={"path": "sweep"},
+                 execution={"parallel_runs": 1}, sweep={"params.n": [2, 3, 4, 5]})
+
+    def interrupt_after_two(line):
+        if line.startswith("[2/4]"):
+            raise KeyboardInterrupt  # as Ctrl-C in the driver, between two runs
+
     with pytest.raises(KeyboardInterrupt):
-        run(cfg)
+        run(cfg, progress=interrupt_after_two)
     rows = read_table(tmp_path).to_pylist()
     assert [(r["run_id"], r["status"]) for r in rows] == [("n-2", "done"), ("n-3", "done")]
     assert not [p.name for p in (tmp_path / "sweep").iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["n-2", "n-3", "runs.lock",
+                                                                    RUNS_TABLE]
+    assert calls(counter) == 2
 
 
 def test_sweep_refuses_to_skip_a_result_from_another_config(job, tmp_path):

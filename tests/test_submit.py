@@ -11,17 +11,21 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from rayjac._cli import main
 from rayjac._config import ConfigError, parse_config
+from rayjac._run import RUNS_TABLE
 from rayjac._storage import load
 from rayjac._submit import _working_dir, auth_headers, submit
 
@@ -124,12 +128,14 @@ def _wait_for_dashboard(url, token, proc, log, timeout_s=120):
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A token-authenticated head node on loopback ports; yields (dashboard URL, token file)."""
+    """A token-authenticated head node on loopback ports; yields (dashboard URL, token file,
+    GCS address)."""
     root = Path(tempfile.mkdtemp(prefix="rjh", dir="/tmp"))  # short: Ray's socket paths
     token = root / "token"
     token.write_text(uuid.uuid4().hex)
     ports = _free_ports(9)
-    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS + ("RAY_ADDRESS",)}
+    env = {k: v for k, v in os.environ.items()
+           if k not in AUTH_VARS + ("RAY_ADDRESS", "RAYJAC_QUIET")}  # job logs show progress
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
     ray = shutil.which("ray") or pytest.skip("the `ray` command is not on PATH")
@@ -147,7 +153,7 @@ def ray_head():
     url = f"http://127.0.0.1:{ports[1]}"
     try:
         _wait_for_dashboard(url, token.read_text(), proc, log)
-        yield url, token
+        yield url, token, f"127.0.0.1:{ports[0]}"
     finally:
         _stop_group(proc)
         shutil.rmtree(root, ignore_errors=True)
@@ -164,7 +170,7 @@ def _stop_group(proc):
 
 @pytest.fixture
 def head_env(ray_head, clean_auth):
-    url, token = ray_head
+    url, token, _ = ray_head
     clean_auth.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     clean_auth.chdir(REPO)
     return url
@@ -206,3 +212,145 @@ def test_without_the_token_the_cluster_refuses(head_env, clean_auth, capsys, tmp
     assert code == 1
     assert err.startswith("rayjac submit: error: ") and "Traceback" not in err
     assert "uthentication" in err
+
+
+# ------------------------------------------------------------------- sweeps on the head node
+
+JOB = """
+import os, pathlib, time, uuid
+import jax.numpy as jnp
+import rayjac
+
+def make(n=3, calls=None, wait_for=None, block=()):
+    pathlib.Path(calls).mkdir(exist_ok=True)
+    (pathlib.Path(calls) / f"{n}-{os.getpid()}-{uuid.uuid4().hex}").touch()
+    deadline = time.monotonic() + 120
+    while (wait_for and (n in block or not block) and not os.path.exists(wait_for)
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    w = rayjac.Variable(jnp.linspace(0.5, 1.5, n))
+    return rayjac.Problem(lambda x: jnp.sin(w.value * x) * jnp.cumsum(x),
+                          args=(jnp.arange(1.0, n + 1.0),), variables={"w": w})
+"""
+
+
+@pytest.fixture
+def sweep_job(tmp_path, monkeypatch):
+    """A job package in tmp_path (the cwd), and a sweep config writer for it."""
+    package = f"hjobs_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "toy.py").write_text(JOB)
+    monkeypatch.chdir(tmp_path)
+
+    def config(grid, **params):
+        raw = {"problem": f"{package}.toy:make", "name": "toy",
+               "params": {"calls": str(tmp_path / "calls"), **params},
+               "output": {"path": str(tmp_path / "sweep")}, "sweep": grid}
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        return str(tmp_path / "sweep.yaml")
+
+    return config
+
+
+def _calls(tmp_path):
+    counts = {}
+    for marker in (tmp_path / "calls").iterdir():
+        n, pid, _ = marker.name.split("-")
+        counts.setdefault(int(n), []).append(int(pid))
+    return counts
+
+
+def _rows(tmp_path):
+    return pq.read_table(tmp_path / "sweep" / RUNS_TABLE).to_pylist()
+
+
+def _driver(ray_head, config, log):
+    """``rayjac run CONFIG --address GCS`` in a subprocess that joins the head node."""
+    _, token, gcs = ray_head
+    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS + (
+        "RAY_ADDRESS", "RAYJAC_QUIET")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    return subprocess.Popen([sys.executable, "-m", "rayjac", "run", config, "--address", gcs],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(condition, what, timeout_s=180):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_submit_a_sweep_runs_its_points_on_the_cluster(head_env, sweep_job, capsys, tmp_path):
+    config = sweep_job({"params.n": [3, 4], "execution.shards": [None, 2]})
+    code = main(["submit", config, "--address", head_env, "--wait"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "4 of 4 runs done, 0 failed; table: " in out  # the job's log, not a terminal
+    assert sum(line.startswith("[") and ": done in " in line for line in out.splitlines()) == 4
+    assert [r["status"] for r in _rows(tmp_path)] == ["done"] * 4
+    assert {n: len(pids) for n, pids in _calls(tmp_path).items()} == {3: 2, 4: 2}
+    for n in (3, 4):
+        local, sharded = (load(tmp_path / "sweep" / f"n-{n}_shards-{s}").jacobian
+                          for s in ("null", "2"))
+        assert local.shape == (n, n)
+        np.testing.assert_allclose(sharded, local, rtol=1e-6, atol=1e-7)
+
+
+def test_two_runs_of_one_sweep_folder_never_compute_a_point_twice(ray_head, sweep_job,
+                                                                  tmp_path):
+    go = tmp_path / "go"
+    config = sweep_job({"params.n": [3, 4, 5, 6]}, wait_for=str(go))
+    logs = [open(tmp_path / f"driver{i}.log", "w+") for i in range(2)]
+    drivers = [_driver(ray_head, config, log) for log in logs]
+    try:
+        _wait(lambda: any("is in use by another `rayjac run`" in (tmp_path / f"driver{i}.log")
+                          .read_text() for i in range(2)), "the second driver to wait")
+        go.touch()  # the first driver's runs were held until the second one waited
+        codes = [driver.wait(timeout=300) for driver in drivers]
+    finally:
+        for driver in drivers:
+            driver.kill()
+    texts = [(tmp_path / f"driver{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], texts
+    assert {n: len(pids) for n, pids in _calls(tmp_path).items()} == {3: 1, 4: 1, 5: 1, 6: 1}
+    rows = _rows(tmp_path)
+    assert [(r["run_id"], r["status"]) for r in rows] == [(f"n-{n}", "done") for n in (3, 4, 5, 6)]
+    assert sum(text.count("done already, skipped") for text in texts) == 4
+
+
+def test_a_driver_killed_mid_sweep_loses_nothing_finished(ray_head, sweep_job, tmp_path):
+    go = tmp_path / "go"
+    config = sweep_job({"params.n": [3, 4, 5, 6]}, wait_for=str(go), block=[5, 6])
+    with open(tmp_path / "killed.log", "w") as log:
+        driver = _driver(ray_head, config, log)
+        try:
+            _wait(lambda: (tmp_path / "sweep" / RUNS_TABLE).exists() and len(_rows(tmp_path)) == 2
+                  and set(_calls(tmp_path)) == {3, 4, 5, 6}, "two runs done, two running")
+        finally:
+            driver.kill()  # kill -9, while the runs of n=5 and n=6 are in their factories
+            driver.wait()
+    assert [(r["run_id"], r["status"]) for r in _rows(tmp_path)] == [("n-3", "done"),
+                                                                     ("n-4", "done")]
+    zombies = {pid for n in (5, 6) for pid in _calls(tmp_path)[n]}
+    _wait(lambda: not any(_alive(pid) for pid in zombies), "Ray to stop the dead driver's runs")
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()
+                  if not p.name.startswith(".")) == ["n-3", "n-4", "runs.lock", RUNS_TABLE]
+    go.touch()
+    with open(tmp_path / "rerun.log", "w") as log:
+        assert _driver(ray_head, config, log).wait(timeout=300) == 0
+    assert {n: len(pids) for n, pids in _calls(tmp_path).items()} == {3: 1, 4: 1, 5: 2, 6: 2}
+    assert [r["status"] for r in _rows(tmp_path)] == ["done"] * 4
+    for name in ("n-3", "n-4", "n-5", "n-6"):
+        assert load(tmp_path / "sweep" / name).jacobian.shape == (int(name[2:]),) * 2
+    assert not [p.name for p in (tmp_path / "sweep").iterdir() if p.name.startswith(".")]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
