@@ -257,13 +257,23 @@ def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
                        started=lambda index: show.started(), waiting=show.tick)
     with contextlib.closing(outcomes):  # on an error or Ctrl-C here, the runners stop at once
         for index, error, seconds in outcomes:
-            run_id, point, _ = runs[index]
+            run_id, point, run_config = runs[index]
+            if error is None and not _storage.holds_result(run_config.output.path):
+                error = _not_here(run_config.output.path)
             records[index] = RunRecord(run_id, point, "failed" if error else "done", error,
                                        run_id)
             _write_runs_table(folder, [records[i] for i in sorted(records)], types)
             show.finished(run_id, records[index].status,
                           f"FAILED: {error}" if error else f"done in {seconds:.1f} s")
     return [records[i] for i in range(len(runs))]
+
+
+def _not_here(path: str) -> str:
+    """The error of a run whose runner stored its result where this driver cannot see it."""
+    return (f"ResultNotShared: the run finished, but its folder {path} is not there as seen "
+            "from this driver: its runner ran on another node and wrote to that node's disk. "
+            "Set output.path to storage that every node shares (an absolute path on a shared "
+            "file system, or a URI such as s3://bucket/sweep).")
 
 
 def _decided(sweep_run: SweepRun, overwrite: bool) -> tuple[RunRecord, str] | None:

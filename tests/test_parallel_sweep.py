@@ -28,8 +28,9 @@ import uuid
 import jax.numpy as jnp
 import rayjac
 
-def make(n=3, calls=None, rendezvous=None, die_once=None, fail_at=None):
-    """Marks each call (n and pid); optionally waits for a second run's call, or dies once."""
+def make(n=3, calls=None, rendezvous=None, die_once=None, fail_at=None, wander=None):
+    """Marks each call (n and pid); optionally waits for a second run's call, or dies once, or
+    moves the runner to another folder (as a runner on a node without the driver's folder)."""
     pathlib.Path(calls).mkdir(exist_ok=True)
     (pathlib.Path(calls) / f"{n}-{os.getpid()}-{uuid.uuid4().hex}").touch()
     if rendezvous:  # wait until another run's factory runs too (up to 60 s)
@@ -44,6 +45,9 @@ def make(n=3, calls=None, rendezvous=None, die_once=None, fail_at=None):
     if die_once and not os.path.exists(die_once) and n == 4:
         open(die_once, "w").close()
         os._exit(1)  # the process running the run dies, once
+    if wander and n == 4:
+        pathlib.Path(wander).mkdir(exist_ok=True)
+        os.chdir(wander)
     if fail_at == n:
         raise ValueError(f"n={n} is unlucky")
     w = rayjac.Variable(jnp.linspace(0.5, 1.5, n))
@@ -131,6 +135,20 @@ def test_a_runner_lost_mid_run_is_retried(job, tmp_path):
     np.testing.assert_allclose(load("lost/n-4").jacobian, jax.jacfwd(p.func)(*p.args),
                                rtol=1e-6)
     assert [r["status"] for r in pq.read_table(f"lost/{RUNS_TABLE}").to_pylist()] == ["done"] * 2
+
+
+def test_a_result_written_where_the_driver_cannot_see_it_is_a_failed_run(job, tmp_path):
+    problem, calls = job
+    elsewhere = tmp_path / "other-node"
+    records = run(sweep(problem, calls, "unshared", {"params.n": [3, 4]},
+                        wander=str(elsewhere)))
+    assert [r.status for r in records] == ["done", "failed"]
+    assert records[1].error.startswith("ResultNotShared: the run finished, but its folder "
+                                       "unshared/n-4 is not there as seen from this driver")
+    assert "shares" in records[1].error
+    assert (elsewhere / "unshared" / "n-4" / "metadata.json").exists()  # where it went
+    rows = pq.read_table(f"unshared/{RUNS_TABLE}").to_pylist()
+    assert [r["status"] for r in rows] == ["done", "failed"]
 
 
 def write_config(tmp_path, problem, calls, **params):
