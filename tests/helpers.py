@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import textwrap
+import time
+import uuid
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,3 +127,50 @@ def check_case(kind, argnums, has_aux, return_value, chunk_size=None, shards=Non
     for k, v in vs.items():  # only read: untouched
         np.testing.assert_array_equal(np.asarray(v.value), before[k])
     return got
+
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+
+
+def readme_recipe(marker: str, driver: str) -> str:
+    """The first ```python block after ``<!-- {marker}`` in the README, then ``driver``."""
+    with open(README) as f:
+        section = f.read().split(f"<!-- {marker}")[1]
+    return section.split("```python")[1].split("```")[0] + textwrap.dedent(driver)
+
+
+def wait_for(condition, what: str, timeout_s: float = 180) -> None:
+    """Polls ``condition()`` until it holds; fails the test naming ``what`` after the timeout."""
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def job_package(folder, source: str) -> str:
+    """Writes a fresh package (a new name each time, so no import cache gets in the way) with
+    one module ``toy`` holding ``source`` into ``folder``; returns ``"<package>.toy"``."""
+    package = f"tjobs_{uuid.uuid4().hex[:8]}"
+    os.mkdir(os.path.join(folder, package))
+    with open(os.path.join(folder, package, "__init__.py"), "w"):
+        pass
+    with open(os.path.join(folder, package, "toy.py"), "w") as f:
+        f.write(textwrap.dedent(source))
+    return f"{package}.toy"
+
+
+def doubling_model():
+    """``(f, v, calls)``: ``f()`` doubles the Variable ``v`` (1, 2, 3), returns ``v ** 2``
+    (so d f / d v = diag(8 v) before the call) and counts its calls in the Variable ``calls``."""
+    v = rayjac.Variable(jnp.array([1.0, 2.0, 3.0]))
+    calls = rayjac.Variable(jnp.zeros(()))
+
+    def f():
+        calls.value = calls.value + 1
+        v.value = 2 * v.value
+        return v.value ** 2
+
+    return f, v, calls

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rayjac
-from helpers import check_case, tree_allclose
+from helpers import check_case, doubling_model, tree_allclose
 from rayjac import _engine
 
 
@@ -51,13 +51,7 @@ def test_sharded_equals_in_process_exactly_and_keeps_dtypes():
 
 
 def test_state_writes_applied_once_on_the_driver():
-    v = rayjac.Variable(jnp.array([1.0, 2.0, 3.0]))
-    calls = rayjac.Variable(jnp.zeros(()))
-
-    def f():
-        calls.value = calls.value + 1
-        v.value = 2 * v.value
-        return v.value ** 2
+    f, v, calls = doubling_model()
 
     jac = rayjac.jacfwd(f, grad_vars=v, shards=3, chunk_size=1)()
     tree_allclose(jac, jnp.diag(8 * jnp.array([1.0, 2.0, 3.0])))

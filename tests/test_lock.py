@@ -4,23 +4,15 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import wait_for
 from rayjac._config import parse_config
 from rayjac._lock import LOCK_FILE, sweep_lock
 from rayjac._run import RUNS_TABLE, run
-
-
-def wait_for(condition, what, timeout_s=120):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_second_sweep_of_the_folder_waits_for_the_first(tmp_path, monkeypatch, ray_local):

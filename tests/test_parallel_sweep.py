@@ -5,8 +5,6 @@ All on the session's 2-CPU Ray; the runs of a sweep share it with their own shar
 """
 
 import os
-import textwrap
-import uuid
 from pathlib import Path
 
 import jax
@@ -14,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import job_package
 from rayjac._cli import main
 from rayjac._config import parse_config
 from rayjac._run import RUNS_TABLE, load_problem, run
@@ -62,12 +61,8 @@ def make(n=3, calls=None, rendezvous=None, die_once=None, fail_at=None, wander=N
 @pytest.fixture
 def job(tmp_path, monkeypatch, ray_local):
     """A fresh job module in tmp_path (the cwd); returns (problem ref, calls folder)."""
-    package = f"pjobs_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "toy.py").write_text(textwrap.dedent(JOB))
     monkeypatch.chdir(tmp_path)
-    return f"{package}.toy:make", tmp_path / "calls"
+    return job_package(tmp_path, JOB) + ":make", tmp_path / "calls"
 
 
 def sweep(problem, calls, path, grid, parallel_runs=None, **params):

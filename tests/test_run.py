@@ -1,7 +1,6 @@
 """Running configs (rayjac._run): single runs, factories, grad_vars, sweeps and resume."""
 
 import json
-import textwrap
 import uuid
 
 import jax
@@ -10,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import job_package
 from rayjac._config import ConfigError, parse_config
 from rayjac._run import RUNS_TABLE, load_problem, run, run_one
 from rayjac._storage import load
@@ -42,12 +42,8 @@ def not_a_problem(**params):
 @pytest.fixture
 def job(tmp_path, monkeypatch):
     """A fresh job package in tmp_path (the cwd); returns (module name, counter folder)."""
-    package = f"tjobs_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "toy.py").write_text(textwrap.dedent(JOB))
     monkeypatch.chdir(tmp_path)
-    return f"{package}.toy", tmp_path / "calls"
+    return job_package(tmp_path, JOB), tmp_path / "calls"
 
 
 def calls(counter):

@@ -12,7 +12,8 @@ import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
 import rayjac
-from helpers import expected_result, make_vars, model_args, stateful_model, tree_allclose
+from helpers import (doubling_model, expected_result, make_vars, model_args, stateful_model,
+                     tree_allclose)
 from rayjac._pattern import DenseColoringWarning
 
 _is_bcoo = lambda x: isinstance(x, jsparse.BCOO)  # noqa: E731
@@ -102,13 +103,7 @@ def test_holomorphic_and_integer_outputs():
 
 
 def test_state_writes_once_and_sparsity_writes_nothing():
-    v = rayjac.Variable(jnp.asarray([1.0, 2.0, 3.0]))
-    calls = rayjac.Variable(jnp.zeros(()))
-
-    def f():
-        calls.value = calls.value + 1
-        v.value = 2 * v.value
-        return v.value ** 2
+    f, v, calls = doubling_model()
 
     jf = rayjac.jacfwd(f, grad_vars=v, sparsity="auto", chunk_size=1)
     pattern = jf.sparsity()

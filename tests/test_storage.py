@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import rayjac
-from helpers import expected_result, make_vars, model_args, stateful_model, tree_allclose
+from helpers import (expected_result, make_vars, model_args, readme_recipe, stateful_model,
+                     tree_allclose)
 from rayjac._jacobian import JacStream
 from rayjac._storage import check_destination, load, result_path, write_result
 
@@ -369,15 +370,9 @@ def test_load_newer_schema_version(tmp_path):
 
 # ---------------------------------------------------------------------------------- interop
 
-DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-
-
 def _documented_recipe() -> str:
     """The pyarrow-only recipe of the README, plus a driver that saves its blocks."""
-    with open(DOCS) as f:
-        section = f.read().split("<!-- recipe:")[1]
-    code = section.split("```python")[1].split("```")[0]
-    return code + textwrap.dedent("""
+    return readme_recipe("recipe:", """
         import sys
         blocks = jacobian_blocks(sys.argv[1])
         assert "rayjac" not in sys.modules and "jax" not in sys.modules

@@ -1,15 +1,12 @@
 """Sparse results on disk: the coordinate table, its round trips (in process and sharded),
 atomic and complete writes, load errors, reuse of a stored pattern, and other readers."""
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +15,7 @@ import scipy.sparse as sp
 from jax.experimental import sparse
 
 import rayjac
+from helpers import readme_recipe
 from rayjac._config import ConfigError, parse_config
 from rayjac._jacobian import JacStream
 from rayjac._run import run, run_one
@@ -213,14 +211,9 @@ def test_the_table_is_three_plain_columns_for_polars_and_duckdb(tmp_path):
 
 # ------------------------------------------------------------------ the README's scipy recipe
 
-DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-
-
 def _documented_recipe() -> str:
-    with open(DOCS) as f:
-        section = f.read().split("<!-- sparse recipe:")[1]
-    code = section.split("```python")[1].split("```")[0]
-    return code + textwrap.dedent("""
+    """The scipy recipe of the README, plus a driver that saves its matrix."""
+    return readme_recipe("sparse recipe:", """
         import sys
         import scipy.sparse
         matrix = sparse_jacobian(sys.argv[1])
@@ -285,14 +278,21 @@ def test_missing_colours_file_is_a_clear_error(tmp_path):
         load(path)
 
 
+def _read_ipc(file: str) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(file)).read_all()
+
+
+def _rewrite_ipc(file: str, table: pa.Table) -> None:
+    with pa.OSFile(file, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
 def test_repeated_entries_are_refused(tmp_path):
     path = _sparse_result(tmp_path)
     file = f"{path}/jacobian.arrow"
-    table = pa.ipc.open_file(pa.memory_map(file)).read_all()
-    doubled = pa.concat_tables([table, table.slice(0, 1)])
-    table = table.slice(0, table.num_rows - 1)
-    with pa.OSFile(file, "wb") as sink, pa.ipc.new_file(sink, doubled.schema) as writer:
-        writer.write_table(pa.concat_tables([table, doubled.slice(0, 1)]))
+    table = _read_ipc(file)
+    # the first entry again in place of the last: the count of entries stays right
+    _rewrite_ipc(file, pa.concat_tables([table.slice(0, table.num_rows - 1), table.slice(0, 1)]))
     with pytest.raises(ValueError, match=r"jacobian.arrow is truncated or corrupt .*repeated"):
         load(path)
 
@@ -300,11 +300,9 @@ def test_repeated_entries_are_refused(tmp_path):
 def test_invalid_stored_colours_are_refused(tmp_path):
     path = _sparse_result(tmp_path)
     file = f"{path}/colors.arrow"
-    table = pa.ipc.open_file(pa.memory_map(file)).read_all()
-    zeros = pa.Table.from_arrays([pa.array(np.zeros(table.num_rows, np.int64))],
-                                 schema=table.schema)
-    with pa.OSFile(file, "wb") as sink, pa.ipc.new_file(sink, zeros.schema) as writer:
-        writer.write_table(zeros)
+    table = _read_ipc(file)
+    _rewrite_ipc(file, pa.Table.from_arrays([pa.array(np.zeros(table.num_rows, np.int64))],
+                                            schema=table.schema))
     with pytest.raises(ValueError, match=r"not a valid colouring"):
         load(path)
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from helpers import wait_for
 from rayjac._cli import main
 from rayjac._config import ConfigError, parse_config
 from rayjac._run import RUNS_TABLE
@@ -275,14 +276,6 @@ def _driver(ray_head, config, log):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait(condition, what, timeout_s=180):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_submit_a_sweep_runs_its_points_on_the_cluster(head_env, sweep_job, capsys, tmp_path):
     config = sweep_job({"params.n": [3, 4], "execution.shards": [None, 2]})
     code = main(["submit", config, "--address", head_env, "--wait"])
@@ -306,7 +299,7 @@ def test_two_runs_of_one_sweep_folder_never_compute_a_point_twice(ray_head, swee
     logs = [open(tmp_path / f"driver{i}.log", "w+") for i in range(2)]
     drivers = [_driver(ray_head, config, log) for log in logs]
     try:
-        _wait(lambda: any("is in use by another `rayjac run`" in (tmp_path / f"driver{i}.log")
+        wait_for(lambda: any("is in use by another `rayjac run`" in (tmp_path / f"driver{i}.log")
                           .read_text() for i in range(2)), "the second driver to wait")
         go.touch()  # the first driver's runs were held until the second one waited
         codes = [driver.wait(timeout=300) for driver in drivers]
@@ -327,7 +320,7 @@ def test_a_driver_killed_mid_sweep_loses_nothing_finished(ray_head, sweep_job, t
     with open(tmp_path / "killed.log", "w") as log:
         driver = _driver(ray_head, config, log)
         try:
-            _wait(lambda: (tmp_path / "sweep" / RUNS_TABLE).exists() and len(_rows(tmp_path)) == 2
+            wait_for(lambda: (tmp_path / "sweep" / RUNS_TABLE).exists() and len(_rows(tmp_path)) == 2
                   and set(_calls(tmp_path)) == {3, 4, 5, 6}, "two runs done, two running")
         finally:
             driver.kill()  # kill -9, while the runs of n=5 and n=6 are in their factories
@@ -335,7 +328,7 @@ def test_a_driver_killed_mid_sweep_loses_nothing_finished(ray_head, sweep_job, t
     assert [(r["run_id"], r["status"]) for r in _rows(tmp_path)] == [("n-3", "done"),
                                                                      ("n-4", "done")]
     zombies = {pid for n in (5, 6) for pid in _calls(tmp_path)[n]}
-    _wait(lambda: not any(_alive(pid) for pid in zombies), "Ray to stop the dead driver's runs")
+    wait_for(lambda: not any(_alive(pid) for pid in zombies), "Ray to stop the dead driver's runs")
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()
                   if not p.name.startswith(".")) == ["n-3", "n-4", "runs.lock", RUNS_TABLE]
     go.touch()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rayjac
-from helpers import tree_allclose
+from helpers import doubling_model, tree_allclose
 
 
 def test_value_get_set_and_array_behaviour():
@@ -39,13 +39,7 @@ def test_variables_collected_without_registration_and_read_at_call_time():
 
 
 def test_derivatives_flow_through_writes_and_write_applied_once():
-    v = rayjac.Variable(jnp.array([1.0, 2.0, 3.0]))
-    calls = rayjac.Variable(jnp.zeros(()))
-
-    def f():
-        calls.value = calls.value + 1
-        v.value = 2 * v.value
-        return v.value ** 2
+    f, v, calls = doubling_model()
 
     jac = rayjac.jacfwd(f, grad_vars=v, chunk_size=1)()
     tree_allclose(jac, jnp.diag(8 * jnp.array([1.0, 2.0, 3.0])))
