@@ -1,6 +1,7 @@
 """Sweeps on the cluster: each run's whole work (factory, primal, Jacobian, writing) in a
 long-lived runner actor, as many runs at once as ``execution.parallel_runs`` and the cluster's
-resources allow. With ``_engine``, the only module that imports Ray.
+resources allow. With ``_engine``, the modules that run Ray tasks (``_submit`` talks to the
+Jobs API).
 
 A run starts only when everything it will hold fits beside what the sweep's other runners
 hold, so runs never wait on each other's resources: an in-process run holds its runner's
