@@ -1,5 +1,6 @@
 """The distributed engine (with ``_parallel``, the modules that run Ray tasks): a pool of
-long-lived worker actors, each running the jitted ``vmap(jvp)`` kernel over column shards of the tangent basis.
+long-lived worker actors, each running the jitted ``vmap(jvp)`` kernel over column shards of the
+tangent basis.
 
 Per call, the inputs go into the object store once (numpy) and every shard gets the reference;
 each program (function, Variables, layout) is shipped once per actor and cached there.
