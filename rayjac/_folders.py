@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -38,6 +39,30 @@ def sibling(final: str, tag: str) -> str:
     """A hidden, unique folder next to ``final``: same filesystem, so a rename is possible."""
     parent, name = posixpath.split(final)
     return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}"
+
+
+def remove_siblings(root: str, names: list[str]) -> list[str]:
+    """Deletes the hidden siblings (see :func:`sibling`) of ``names`` in the local folder
+    ``root``: what a writer killed before its rename left. Returns the names deleted.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> os.mkdir(sibling(root + "/run", "tmp")); os.mkdir(root + "/run")
+        >>> remove_siblings(root, ["run"])[0].startswith(".run.tmp-"), os.listdir(root)
+        (True, ['run'])
+    """
+    pattern = re.compile(r"\.(%s)\.(tmp|old)-[0-9a-f]{12}" % "|".join(map(re.escape, names)))
+    removed = []
+    for entry in os.scandir(root):
+        if not pattern.fullmatch(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            remove(pafs.LocalFileSystem(), entry.path)
+        else:
+            os.unlink(entry.path)
+        removed.append(entry.name)
+    return removed
 
 
 def remove(fs, folder: str) -> None:

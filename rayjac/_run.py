@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -298,19 +297,11 @@ def _redo(config: Config) -> Config:
 
 def _remove_leftovers(folder: str, run_ids: list[str]) -> None:
     """Deletes the hidden temporary folders and files that a killed run left in a local sweep
-    folder (never a published result: those have no leading dot). Called under the lock."""
+    folder (never a published result: those have no leading dot). Called under the lock; not
+    on object stores, where another driver's writes may be in flight."""
     fs, root = _folders.resolve(folder, None)
-    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
-        return
-    prefixes = tuple(f".{name}." for name in [*run_ids, RUNS_TABLE])
-    for entry in os.scandir(root):
-        if not entry.name.startswith(prefixes) or not ("tmp-" in entry.name
-                                                       or "old-" in entry.name):
-            continue
-        if entry.is_dir():
-            _folders.remove(fs, entry.path)
-        else:
-            os.unlink(entry.path)
+    if isinstance(fs, pafs.LocalFileSystem) and os.path.isdir(root):
+        _folders.remove_siblings(root, [*run_ids, RUNS_TABLE])
 
 
 def _stored_state(config: Config) -> tuple[str, str | None]:
@@ -355,8 +346,7 @@ def _write_atomic(table: pa.Table, path: str) -> None:
         fs, inner = pafs.FileSystem.from_uri(path)
     else:
         fs, inner = pafs.LocalFileSystem(), str(Path(path).resolve())
-    parent, name = inner.rsplit("/", 1)
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    tmp = _folders.sibling(inner, "tmp")
     pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, inner)

@@ -237,6 +237,27 @@ def test_sweep_refuses_to_skip_a_result_from_another_config(job, tmp_path):
     assert calls(counter) == 12
 
 
+def test_a_rerun_sweep_removes_the_leftovers_of_a_killed_run(job, tmp_path):
+    module, counter = job
+    cfg = config(module, params={"counter": str(counter)}, output={"path": "sweep"},
+                 sweep={"params.n": [2, 3]})
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    # What a run killed mid-write leaves: its hidden temporary folder (with files), a folder
+    # set aside while replacing, and the runs table's temporary file.
+    (folder / ".n-2.tmp-0123456789ab").mkdir()
+    (folder / ".n-2.tmp-0123456789ab" / "jacobian.arrow").write_bytes(b"half")
+    (folder / ".n-3.old-ba9876543210").mkdir()
+    (folder / f".{RUNS_TABLE}.tmp-00000000abcd").write_bytes(b"half")
+    kept = [".n-2.tmp-user", ".other.tmp-0123456789ab", ".notes"]  # not ours: never deleted
+    for name in kept:
+        (folder / name).write_text("mine")
+    assert [r.status for r in run(cfg)] == ["done", "done"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*kept, "n-2", "n-3", "runs.lock", RUNS_TABLE])
+    assert calls(counter) == 2
+
+
 def test_mixed_type_sweep_values_are_stored_as_json_text(job, tmp_path):
     module, _ = job
     cfg = config(module, output={"path": "sweep"}, sweep={"params.scale": [1, "x", 2.5]})
