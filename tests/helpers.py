@@ -174,3 +174,13 @@ def doubling_model():
         return v.value ** 2
 
     return f, v, calls
+
+
+def calls_by_point(calls) -> dict[int, list[int]]:
+    """``{n: [pid, ...]}`` of a job factory's calls, from the markers ``<n>-<pid>-<hex>`` that
+    it leaves in the folder ``calls`` (a ``pathlib.Path``)."""
+    out: dict[int, list[int]] = {}
+    for marker in calls.iterdir():
+        n, pid, _ = marker.name.split("-")
+        out.setdefault(int(n), []).append(int(pid))
+    return out

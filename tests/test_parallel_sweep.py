@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import job_package
+from helpers import calls_by_point, job_package
 from rayjac._cli import main
 from rayjac._config import parse_config
 from rayjac._run import RUNS_TABLE, load_problem, run
@@ -69,15 +69,6 @@ def sweep(problem, calls, path, grid, parallel_runs=None, **params):
     return parse_config({"problem": problem, "name": "toy", "output": {"path": path},
                          "params": {"calls": str(calls), **params},
                          "execution": {"parallel_runs": parallel_runs}, "sweep": grid})
-
-
-def calls_by_point(calls):
-    """{n: [pid, ...]} of the factory calls so far."""
-    out = {}
-    for marker in calls.iterdir():
-        n, pid, _ = marker.name.split("-")
-        out.setdefault(int(n), []).append(int(pid))
-    return out
 
 
 def jacobians(folder):

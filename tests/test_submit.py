@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import wait_for
+from helpers import calls_by_point, job_package, wait_for
 from rayjac._cli import main
 from rayjac._config import ConfigError, parse_config
 from rayjac._run import RUNS_TABLE
@@ -238,28 +238,17 @@ def make(n=3, calls=None, wait_for=None, block=()):
 @pytest.fixture
 def sweep_job(tmp_path, monkeypatch):
     """A job package in tmp_path (the cwd), and a sweep config writer for it."""
-    package = f"hjobs_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "toy.py").write_text(JOB)
+    toy = job_package(tmp_path, JOB)
     monkeypatch.chdir(tmp_path)
 
     def config(grid, **params):
-        raw = {"problem": f"{package}.toy:make", "name": "toy",
+        raw = {"problem": f"{toy}:make", "name": "toy",
                "params": {"calls": str(tmp_path / "calls"), **params},
                "output": {"path": str(tmp_path / "sweep")}, "sweep": grid}
         (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         return str(tmp_path / "sweep.yaml")
 
     return config
-
-
-def _calls(tmp_path):
-    counts = {}
-    for marker in (tmp_path / "calls").iterdir():
-        n, pid, _ = marker.name.split("-")
-        counts.setdefault(int(n), []).append(int(pid))
-    return counts
 
 
 def _rows(tmp_path):
@@ -284,7 +273,7 @@ def test_submit_a_sweep_runs_its_points_on_the_cluster(head_env, sweep_job, caps
     assert "4 of 4 runs done, 0 failed; table: " in out  # the job's log, not a terminal
     assert sum(line.startswith("[") and ": done in " in line for line in out.splitlines()) == 4
     assert [r["status"] for r in _rows(tmp_path)] == ["done"] * 4
-    assert {n: len(pids) for n, pids in _calls(tmp_path).items()} == {3: 2, 4: 2}
+    assert {n: len(pids) for n, pids in calls_by_point(tmp_path / "calls").items()} == {3: 2, 4: 2}
     for n in (3, 4):
         local, sharded = (load(tmp_path / "sweep" / f"n-{n}_shards-{s}").jacobian
                           for s in ("null", "2"))
@@ -308,7 +297,8 @@ def test_two_runs_of_one_sweep_folder_never_compute_a_point_twice(ray_head, swee
             driver.kill()
     texts = [(tmp_path / f"driver{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], texts
-    assert {n: len(pids) for n, pids in _calls(tmp_path).items()} == {3: 1, 4: 1, 5: 1, 6: 1}
+    counts = {n: len(pids) for n, pids in calls_by_point(tmp_path / "calls").items()}
+    assert counts == {3: 1, 4: 1, 5: 1, 6: 1}
     rows = _rows(tmp_path)
     assert [(r["run_id"], r["status"]) for r in rows] == [(f"n-{n}", "done") for n in (3, 4, 5, 6)]
     assert sum(text.count("done already, skipped") for text in texts) == 4
@@ -320,21 +310,24 @@ def test_a_driver_killed_mid_sweep_loses_nothing_finished(ray_head, sweep_job, t
     with open(tmp_path / "killed.log", "w") as log:
         driver = _driver(ray_head, config, log)
         try:
-            wait_for(lambda: (tmp_path / "sweep" / RUNS_TABLE).exists() and len(_rows(tmp_path)) == 2
-                  and set(_calls(tmp_path)) == {3, 4, 5, 6}, "two runs done, two running")
+            wait_for(lambda: (tmp_path / "sweep" / RUNS_TABLE).exists()
+                     and len(_rows(tmp_path)) == 2
+                     and set(calls_by_point(tmp_path / "calls")) == {3, 4, 5, 6},
+                     "two runs done, two running")
         finally:
             driver.kill()  # kill -9, while the runs of n=5 and n=6 are in their factories
             driver.wait()
     assert [(r["run_id"], r["status"]) for r in _rows(tmp_path)] == [("n-3", "done"),
                                                                      ("n-4", "done")]
-    zombies = {pid for n in (5, 6) for pid in _calls(tmp_path)[n]}
+    zombies = {pid for n in (5, 6) for pid in calls_by_point(tmp_path / "calls")[n]}
     wait_for(lambda: not any(_alive(pid) for pid in zombies), "Ray to stop the dead driver's runs")
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()
                   if not p.name.startswith(".")) == ["n-3", "n-4", "runs.lock", RUNS_TABLE]
     go.touch()
     with open(tmp_path / "rerun.log", "w") as log:
         assert _driver(ray_head, config, log).wait(timeout=300) == 0
-    assert {n: len(pids) for n, pids in _calls(tmp_path).items()} == {3: 1, 4: 1, 5: 2, 6: 2}
+    counts = {n: len(pids) for n, pids in calls_by_point(tmp_path / "calls").items()}
+    assert counts == {3: 1, 4: 1, 5: 2, 6: 2}
     assert [r["status"] for r in _rows(tmp_path)] == ["done"] * 4
     for name in ("n-3", "n-4", "n-5", "n-6"):
         assert load(tmp_path / "sweep" / name).jacobian.shape == (int(name[2:]),) * 2
