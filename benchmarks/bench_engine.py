@@ -35,19 +35,19 @@ def timed(fn, repeats: int) -> float:
 
 def bytes_moved(jf, x) -> tuple[int, int]:
     """(bytes put into the object store, bytes of shards returned) for one call."""
-    from rayjac import _engine
-    put, real_put = [], _engine.ray.put
+    import ray
+    put, real_put = [], ray.put
 
     def counting_put(value):
         put.append(value.nbytes if hasattr(value, "nbytes") else 0)  # arrays, not programs
         return real_put(value)
 
-    _engine.ray.put = counting_put
+    ray.put = counting_put
     try:
         stream = jf.stream((x,))
         returned = sum(r.nbytes for _, rows in stream.shards for r in rows)
     finally:
-        _engine.ray.put = real_put
+        ray.put = real_put
     return sum(put), returned
 
 

@@ -32,8 +32,9 @@ import pyarrow.parquet as pq
 
 import rayjac
 from rayjac._jacobian import JacStream
-from rayjac._pattern import SparsePlan, SparseShard, Sparsity, gather_values
-from rayjac._storage import load, write_result
+from rayjac.core._plan import SparsePlan, SparseShard, gather_values
+from rayjac.sparsity import Sparsity
+from rayjac.store import load, write_result
 
 MIB = 2 ** 20
 
@@ -188,7 +189,7 @@ def memory_case(case: str, n: int, shards: int, folder: str) -> dict:
     """Runs one case in this process; returns its peak memory above the resident set before."""
     x = jnp.linspace(0.0, 1.0, n)
     if case.startswith("engine"):
-        from rayjac._engine import ensure_ray
+        from rayjac.engine import ensure_ray
         ensure_ray()
         jf = rayjac.jacfwd(_engine_func, shards=shards)
         # Warm up (start the workers, compile) without ever holding the Jacobian here.

@@ -40,8 +40,8 @@ def make(n=1536, seed=0):
 
 def sweep(folder: str, problem: str, grid: dict, **execution) -> float:
     """Runs a fresh sweep; returns its wall time (s). Every run must succeed."""
-    from rayjac._config import parse_config
-    from rayjac._run import run
+    from rayjac.runs import parse_config
+    from rayjac.runs import run
 
     cfg = parse_config({"problem": problem, "name": "bench", "jacfwd": {"argnums": 0},
                         "execution": execution, "output": {"path": folder}, "sweep": grid})

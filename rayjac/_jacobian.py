@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._basis import Layout, TangentBasis, weakly_typed
-from ._pattern import SparsePlan, Sparsity, detect_pattern, gather_values, make_plan
-from ._pattern import check_option as check_sparsity
-from ._program import TangentProgram
-from ._variables import StateTrace, Variable, _trace_stack
+from .core._basis import Layout, TangentBasis, weakly_typed
+from .core._plan import SparsePlan, detect_pattern, gather_values, make_plan
+from .core._program import TangentProgram
+from .core._variables import StateTrace, Variable, _trace_stack
+from .sparsity import Sparsity
+from .sparsity._pattern import check_option as check_sparsity
 
 _is_var = lambda x: isinstance(x, Variable)  # noqa: E731
 
@@ -222,7 +223,7 @@ class JacFwd:
             out, aux, written = program.primal_jit(diff, const, state)
             shards = _local_shards(program, diff, const, state)
         else:
-            from ._engine import run_shards  # the only module that imports ray
+            from .engine import run_shards  # the one deferred import: Ray loads on first use
             shards = run_shards(program, diff, const, state, self.shards, workers, columns)
             try:  # while the workers run
                 out, aux, written = jax.block_until_ready(program.primal_jit(diff, const, state))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rayjac._sparsity import ConservativeRuleWarning, detect
+from rayjac.sparsity import ConservativeRuleWarning, detect
 
 
 class Case(NamedTuple):

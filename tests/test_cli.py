@@ -1,4 +1,4 @@
-"""The ``rayjac`` command line (rayjac._cli): exit codes, messages, run/show/plot."""
+"""The ``rayjac`` command line (rayjac.cli): exit codes, messages, run/show/plot."""
 
 import os
 import re
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rayjac._cli import main
-from rayjac._storage import load
+from rayjac.cli import main
+from rayjac.store import load
 
 REPO = Path(__file__).resolve().parents[1]
 

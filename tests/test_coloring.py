@@ -1,4 +1,4 @@
-"""Tests of rayjac._coloring: validity, the three orders against pure-Python references, counts."""
+"""Tests of rayjac.sparsity._coloring: validity, the three orders against pure-Python references, counts."""
 
 import doctest
 import time
@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from rayjac import _coloring
-from rayjac._coloring import color_columns, num_colors
+from rayjac.sparsity import _coloring
+from rayjac.sparsity._coloring import color_columns, num_colors
 
 
 # Patterns as (rows, cols, shape).

@@ -1,10 +1,10 @@
-"""Config validation, YAML traps, ``--set`` overrides and sweep expansion (rayjac._config)."""
+"""Config validation, YAML traps, ``--set`` overrides and sweep expansion (rayjac.runs._config)."""
 
 import pytest
 
-from rayjac._config import (Config, ConfigError, apply_overrides, dump_config, load_config,
-                            parse_config, parse_yaml)
-from rayjac._sweep import expand_sweep
+from rayjac.runs import expand_sweep
+from rayjac.runs._config import (Config, ConfigError, apply_overrides, dump_config, load_config,
+                                 parse_config, parse_yaml)
 
 BASE = {"problem": "jobs.lorenz96:make"}
 

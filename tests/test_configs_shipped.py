@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from rayjac._config import load_config
-from rayjac._sweep import expand_sweep
-from rayjac._run import load_problem, run
-from rayjac._storage import load
+from rayjac.runs import load_config
+from rayjac.runs import expand_sweep
+from rayjac.runs import load_problem, run
+from rayjac.store import load
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""rayjac._sparsity.detect against dense jax.jacfwd: every rule, random compositions, the
+"""rayjac.sparsity.detect against dense jax.jacfwd: every rule, random compositions, the
 conservative paths and their warnings."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from jax.extend import core as jcore
 
 from detect_cases import (CASES, CUSTOM, Case, check, detected, f32, random_chain,
                           union_of_nonzeros)
-from rayjac._sparsity import ConservativeRuleWarning, detect
-from rayjac._sparsity import _interpret, _loops
+from rayjac.sparsity import ConservativeRuleWarning, detect
+from rayjac.sparsity._detect import _interpret, _loops
 
 
 @pytest.mark.parametrize("case", CASES + CUSTOM, ids=lambda c: c.name)

@@ -12,7 +12,8 @@ import pytest
 
 import rayjac
 from helpers import check_case, doubling_model, tree_allclose
-from rayjac import _engine
+import ray
+from rayjac import engine
 
 
 @pytest.fixture(autouse=True)
@@ -75,8 +76,8 @@ def _callback(fn, x):
 
 
 def _fetches():
-    pool = _engine._pool(_engine.WorkerOptions())
-    stats = _engine.ray.get([a.describe.remote() for a in pool.actors])
+    pool = engine.ENGINE.pool(engine.WorkerOptions())
+    stats = ray.get([a.describe.remote() for a in pool.actors])
     return {s["pid"]: s["fetches"] for s in stats}
 
 
@@ -84,8 +85,8 @@ def test_inputs_broadcast_once_and_program_shipped_once(monkeypatch):
     rayjac.jacfwd(lambda x: x, shards=2)(jnp.ones(2))  # the pool exists
     before = _fetches()
     puts = []
-    real_put = _engine.ray.put
-    monkeypatch.setattr(_engine.ray, "put", lambda x: puts.append(type(x)) or real_put(x))
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda x: puts.append(type(x)) or real_put(x))
     w = rayjac.Variable(jax.random.normal(jax.random.PRNGKey(0), (64, 64)))
     jf = rayjac.jacfwd(lambda x: jnp.tanh(w.value @ x), shards=6)
     x = jnp.ones(64)
@@ -115,7 +116,7 @@ def test_function_that_raises_on_a_worker_reports_the_shard():
     def f(x):
         return x * _callback(check, x)
 
-    with pytest.raises(_engine.ShardError, match=r"(?s)tangent columns \[\d+, \d+\).*"
+    with pytest.raises(engine.ShardError, match=r"(?s)tangent columns \[\d+, \d+\).*"
                        r"bad column on worker.*shards=None"):
         rayjac.jacfwd(f, shards=2)(jnp.ones(4))
 
@@ -142,7 +143,7 @@ def test_worker_killed_mid_shard_is_retried(tmp_path):
 def test_missing_gpus_is_a_clear_error():
     jf = rayjac.jacfwd(lambda x: x * 2, shards=2)
     with pytest.raises(ValueError, match=r"num_gpus=1.*has 0 GPU"):
-        list(jf.stream((jnp.ones(3),), workers=_engine.WorkerOptions(num_gpus=1)).shards)
+        list(jf.stream((jnp.ones(3),), workers=engine.WorkerOptions(num_gpus=1)).shards)
 
 
 def test_sharded_call_inside_jit_is_an_error():
@@ -159,12 +160,12 @@ def test_stream_yields_shards_that_cover_all_columns():
 
 
 def test_workers_pin_distinct_cores():
-    pool = _engine._pool(_engine.WorkerOptions())
+    pool = engine.ENGINE.pool(engine.WorkerOptions())
     rayjac.jacfwd(lambda x: x * 2, shards=2)(jnp.ones(4))
-    cores = [_engine.ray.get(a.describe.remote())["cores"] for a in pool.actors]
+    cores = [ray.get(a.describe.remote())["cores"] for a in pool.actors]
     pinned = [c for c in cores if c]
     assert len({tuple(c) for c in pinned}) == len(pinned)  # never two on one core
-    envs = [_engine.ray.get(a.describe.remote())["env"] for a in pool.actors]
+    envs = [ray.get(a.describe.remote())["env"] for a in pool.actors]
     assert all(e["JAX_PLATFORMS"] == "cpu" for e in envs)  # zero-GPU workers stay off GPUs
 
 
@@ -186,13 +187,13 @@ def test_logical_gpus_are_requested_on_a_multi_node_cluster():
         import ray
         ray.init(address=cluster.address)
         import jax.numpy as jnp, numpy as np, rayjac
-        from rayjac import _engine
+        from rayjac import engine
         f = lambda x: jnp.tanh(x) * x.sum()
         x = jnp.linspace(0, 1, 8)
-        opts = _engine.WorkerOptions(num_cpus=0, num_gpus=0.5)
+        opts = engine.WorkerOptions(num_cpus=0, num_gpus=0.5)
         stream = rayjac.jacfwd(f, shards=4).stream((x,), workers=opts)
         rows = dict(stream.shards)
-        pool = _engine._pool(opts)
+        pool = engine.ENGINE.pool(opts)
         assert len(pool.actors) == 4, len(pool.actors)  # 2 logical GPUs / 0.5 each
         env = [ray.get(a.describe.remote())["env"] for a in pool.actors]
         assert all(e["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.450" for e in env), env
@@ -256,7 +257,7 @@ def test_variables_touched_only_on_the_driver_are_a_clear_error():
     import modstate
     modstate.READ_EXTRA.append(True)
     try:
-        with pytest.raises(_engine.ShardError, match="does not match the Variables"):
+        with pytest.raises(engine.ShardError, match="does not match the Variables"):
             rayjac.jacfwd(modstate.step, shards=2)(jnp.ones(3))
     finally:
         modstate.READ_EXTRA.clear()
@@ -268,7 +269,7 @@ def test_programs_ship_without_variable_values():
     jf = rayjac.jacfwd(lambda x: w.value @ x, shards=2)
     tree_allclose(jf(jnp.ones(512)), w.value)
     program = next(iter(jf._programs.values()))
-    with rayjac._variables.shipping():
+    with rayjac.core._variables.shipping():
         shipped = cloudpickle.dumps(program)
     assert len(shipped) < 0.1 * w.value.nbytes < len(cloudpickle.dumps(program))
 
@@ -288,20 +289,20 @@ def test_a_new_worker_shape_releases_the_old_pool():
     jf = rayjac.jacfwd(lambda x: jnp.sin(x), shards=2)
     x = jnp.linspace(0, 1, 6)
     for cpus in (1.0, 2.0, 1.0):
-        stream = jf.stream((x,), workers=_engine.WorkerOptions(num_cpus=cpus))
+        stream = jf.stream((x,), workers=engine.WorkerOptions(num_cpus=cpus))
         shards = sorted((start, rows[0]) for start, rows in stream.shards)
         np.testing.assert_allclose(np.concatenate([r for _, r in shards]), np.diag(np.cos(x)),
                                    rtol=1e-6)
-    assert len(_engine._pools) == 1
+    assert len(engine.ENGINE.pools) == 1
 
 
 def test_a_new_ray_session_resends_program_and_inputs():
     w = rayjac.Variable(jnp.arange(3.0))
     jf = rayjac.jacfwd(lambda x: w.value * x, shards=2)
     tree_allclose(jf(jnp.ones(3)), jnp.diag(w.value))
-    token, _ = _engine._program_ref(next(iter(jf._programs.values())))
-    _engine._program_refs[next(iter(jf._programs.values()))] = (token, None, "an old session")
-    _engine._inputs._job = "an old session"
+    program = next(iter(jf._programs.values()))
+    engine.ENGINE.program_ref(program)
+    engine.ENGINE.forget_session(program)
     tree_allclose(jf(jnp.ones(3)), jnp.diag(w.value))
 
 

@@ -23,7 +23,7 @@ class Hide(importlib.abc.MetaPathFinder):
         if name.partition(".")[0] in hidden:
             raise ModuleNotFoundError(f"No module named {name!r} (hidden: not a requirement)")
 sys.meta_path.insert(0, Hide())
-from rayjac._cli import main
+from rayjac.cli import main
 for argv in json.loads(sys.argv[1]):
     code = main(argv)
     if code:

@@ -1,4 +1,4 @@
-"""One driver per sweep folder (rayjac._lock): a second run waits; a dead holder never blocks."""
+"""One driver per sweep folder (rayjac.runs._lock): a second run waits; a dead holder never blocks."""
 
 import subprocess
 import sys
@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import wait_for
-from rayjac._config import parse_config
-from rayjac._lock import LOCK_FILE, sweep_lock
-from rayjac._run import RUNS_TABLE, run
+from rayjac.runs import parse_config
+from rayjac.runs._lock import LOCK_FILE, sweep_lock
+from rayjac.runs import RUNS_TABLE, run
 
 
 def test_a_second_sweep_of_the_folder_waits_for_the_first(tmp_path, monkeypatch, ray_local):
@@ -37,7 +37,7 @@ def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path):
     folder = tmp_path / "s"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from rayjac._lock import sweep_lock
+        from rayjac.runs._lock import sweep_lock
         with sweep_lock({str(folder)!r}, print):
             print("locked", flush=True)
             time.sleep(600)

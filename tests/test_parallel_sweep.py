@@ -1,4 +1,4 @@
-"""Sweeps on the cluster (rayjac._parallel): concurrent runs off the driver, equal to one at a
+"""Sweeps on the cluster (rayjac.runs._scheduler): concurrent runs off the driver, equal to one at a
 time, mixing in-process and sharded runs, a lost runner retried, and the progress output.
 
 All on the session's 2-CPU Ray; the runs of a sweep share it with their own shard workers.
@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import calls_by_point, job_package
-from rayjac._cli import main
-from rayjac._config import parse_config
-from rayjac._run import RUNS_TABLE, load_problem, run
-from rayjac._storage import load
+from rayjac.cli import main
+from rayjac.runs import parse_config
+from rayjac.runs import RUNS_TABLE, load_problem, run
+from rayjac.store import load
 
 JOB = '''
 import os

@@ -1,4 +1,4 @@
-"""``rayjac show`` / ``rayjac plot`` of sparse results (rayjac._plot): the summary's numbers, the
+"""``rayjac show`` / ``rayjac plot`` of sparse results (rayjac.cli._show, rayjac.cli._plot): the summary's numbers, the
 binned pattern, the sparse singular values, and dense results old and new, all checked against
 dense numpy of small blocks."""
 
@@ -14,8 +14,8 @@ import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
 import rayjac
-from rayjac import _plot
-from rayjac._storage import Result
+from rayjac.cli import _blocks, _plot, _show
+from rayjac.store import Result
 
 matplotlib.use("Agg")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -95,7 +95,7 @@ def case_result(name, **kw):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_summarize_sparse_numbers_match_dense_numpy(name):
     result = case_result(name)
-    text = _plot.summarize(result).splitlines()
+    text = _show.summarize(result).splitlines()
     s = result.sparsity
     m, n = s.shape
     assert text[2] == (f"sparsity ({m}, {n})  nnz {s.nnz}  density {s.nnz / (m * n):.3g}  "
@@ -119,7 +119,7 @@ def test_summarize_counts_explicit_zeros_and_says_when_the_pattern_was_given():
     x_block, y_block = block_list(result.jacobian)
     assert x_block.nse == 6 and np.count_nonzero(x_block.todense()) == 5  # d(x0^2) = 0 at 0
     assert y_block.nse == 0
-    text = _plot.summarize(result)
+    text = _show.summarize(result)
     assert "detect given  colour" in text
     assert "(2, 3, 6)          |.|_F" in text and "nnz 6  density 0.167" in text
     assert "(2, 3, 4)          |.|_F 0  max|.| 0  nnz 0  density 0" in text
@@ -128,21 +128,21 @@ def test_summarize_counts_explicit_zeros_and_says_when_the_pattern_was_given():
 def test_summarize_without_stored_sparsity_uses_the_pattern():
     result = case_result("stencil")
     meta = {k: v for k, v in result.metadata.items() if k != "sparsity"}
-    text = _plot.summarize(Result(result.jacobian, None, None, meta, "r", result.sparsity))
+    text = _show.summarize(Result(result.jacobian, None, None, meta, "r", result.sparsity))
     assert f"sparsity (7, 8)  nnz {result.sparsity.nnz}  density" in text
 
 
 def test_summarize_sums_repeated_indices_like_bcoo():
     index = np.array([[0, 1], [0, 1], [1, 0]], np.int32)
     block = jsparse.BCOO((np.array([1.0, 2.0, -4.0]), index), shape=(2, 2))
-    line = _plot._leaf_line(block)
+    line = _show._leaf_line(block)
     assert line.endswith("|.|_F 5  max|.| 4  nnz 2  density 0.5")
 
 
 def test_summarize_dense_results_unchanged():
     jac = {"b": np.array([[1.0, 0.0], [0.0, -2.0]], np.float32)}
     meta = {"config": {"problem": "p:f"}, "jacobian": {"outputs": [{"shape": [2]}]}}
-    text = _plot.summarize(Result(jac, None, None, meta, "r"))
+    text = _show.summarize(Result(jac, None, None, meta, "r"))
     label = "['b']"
     assert text.splitlines()[2] == (f"jacobian {label:20} float32    (2, 2)             "
                                     "|.|_F 2.236  max|.| 2  nonzero 50.0%")
@@ -156,7 +156,7 @@ def test_summarize_dense_results_unchanged():
 def test_sparse_matrix_is_the_dense_reshape(shape, out_ndim):
     dense = (np.random.default_rng(0).standard_normal(shape) * (
         np.random.default_rng(1).random(shape) < 0.4)).astype(np.float32)
-    matrix = _plot.sparse_matrix(bcoo(dense), out_ndim)
+    matrix = _blocks.sparse_matrix(bcoo(dense), out_ndim)
     np.testing.assert_array_equal(matrix.toarray(), dense.reshape(matrix.shape))
     assert matrix.shape == (math.prod(shape[:out_ndim]), math.prod(shape[out_ndim:]))
 
@@ -165,7 +165,7 @@ def test_sparse_matrix_refuses_batched_blocks():
     block = jsparse.BCOO((np.ones((3, 1), np.float32), np.arange(3, dtype=np.int32).reshape(
         3, 1, 1)), shape=(3, 3))  # the identity, one entry per batch row
     with pytest.raises(ValueError, match="n_batch=0 and n_dense=0, got n_batch=1"):
-        _plot.sparse_matrix(block, 1)
+        _blocks.sparse_matrix(block, 1)
 
 
 def reference_counts(pattern, bins_m, bins_n):
@@ -239,7 +239,7 @@ def test_plot_draws_the_binned_counts_and_the_top_singular_values():
 
     dense = (np.random.default_rng(3).standard_normal((400, 350)) * (
         np.random.default_rng(4).random((400, 350)) < 0.01)).astype(np.float32)
-    matrix = _plot.sparse_matrix(bcoo(dense), 1)
+    matrix = _blocks.sparse_matrix(bcoo(dense), 1)
     fig, (left, right) = plt.subplots(1, 2)
     _plot._draw_pattern(left, matrix, "x")
     values = _plot.top_singular_values(matrix)
@@ -264,7 +264,7 @@ def test_plot_small_and_empty_blocks(tmp_path, no_densify):
     meta = {"config": {}, "jacobian": {"blocks": describe_blocks(blocks, [1, 1, 0, 1])}}
     _plot.plot(Result(blocks, None, None, meta, "r"), tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:8] == PNG
-    assert "nnz 0  density 0" in _plot.summarize(Result(blocks, None, None, meta, "r"))
+    assert "nnz 0  density 0" in _show.summarize(Result(blocks, None, None, meta, "r"))
 
 
 def test_plot_lorenz96_of_20000_sites(tmp_path, no_densify):
@@ -273,7 +273,7 @@ def test_plot_lorenz96_of_20000_sites(tmp_path, no_densify):
     rows, cols = np.asarray(block.indices).T  # at x = F the (i, i-1) entries are 0, but stored
     counts = _plot.binned_counts(rows, cols, (n, n), _plot._BINS)
     assert counts.sum() == 4 * n and counts.trace() > 0.9 * 4 * n
-    matrix = _plot.sparse_matrix(block, 1)
+    matrix = _blocks.sparse_matrix(block, 1)
     # At x = F the Jacobian is circulant: its singular values are |sum_d c_d w^(j d)|.
     w = np.exp(2j * np.pi * np.arange(n) / n)
     exact = np.sort(np.abs(-forcing * w ** -2 - 1 + forcing * w))[::-1][:_plot._TOP_K]
@@ -307,13 +307,13 @@ def test_stored_out_ndim_wins_over_the_guess():
 def test_top_singular_values_when_arpack_stops_early(monkeypatch):
     monkeypatch.setattr(_plot, "_SVDS_MAXITER", 1)
     n = 3000
-    matrix = _plot.sparse_matrix(lorenz96_bcoo(n, np.full(n, 8.0, np.float32)), 1)
+    matrix = _blocks.sparse_matrix(lorenz96_bcoo(n, np.full(n, 8.0, np.float32)), 1)
     values = _plot.top_singular_values(matrix)
     assert values.size <= _plot._TOP_K and np.all(values <= 17.0 + 1e-3)
 
 
 def test_sparse_matrix_of_half_precision_blocks():
     dense = np.array([[0.0, 1.5], [2.0, 0.0]], jnp.bfloat16)
-    matrix = _plot.sparse_matrix(bcoo(dense), 1)
+    matrix = _blocks.sparse_matrix(bcoo(dense), 1)
     assert matrix.dtype == np.float32 and matrix.toarray().tolist() == [[0, 1.5], [2, 0]]
-    assert _plot._leaf_line(bcoo(dense)).endswith("|.|_F 2.5  max|.| 2  nnz 2  density 0.5")
+    assert _show._leaf_line(bcoo(dense)).endswith("|.|_F 2.5  max|.| 2  nnz 2  density 0.5")

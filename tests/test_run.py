@@ -1,4 +1,4 @@
-"""Running configs (rayjac._run): single runs, factories, grad_vars, sweeps and resume."""
+"""Running configs (rayjac.runs): single runs, factories, grad_vars, sweeps and resume."""
 
 import json
 import uuid
@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import job_package
-from rayjac._config import ConfigError, parse_config
-from rayjac._run import RUNS_TABLE, load_problem, run, run_one
-from rayjac._storage import load
+from rayjac.runs import ConfigError, parse_config
+from rayjac.runs import RUNS_TABLE, load_problem, run, run_one
+from rayjac.store import load
 
 JOB = '''
 import pathlib
@@ -131,7 +131,7 @@ def test_destination_is_checked_before_the_factory_runs(job):
 
 
 # ----------------------------------------------------------------------------------- sweeps
-# Sweeps run their points on Ray runners (rayjac._parallel), two at once on the session's Ray.
+# Sweeps run their points on Ray runners (rayjac.runs._scheduler), two at once on the session's Ray.
 
 @pytest.fixture(autouse=True)
 def _ray(request):

@@ -14,7 +14,7 @@ from jax.experimental import sparse as jsparse
 import rayjac
 from helpers import (doubling_model, expected_result, make_vars, model_args, stateful_model,
                      tree_allclose)
-from rayjac._pattern import DenseColoringWarning
+from rayjac.sparsity import DenseColoringWarning
 
 _is_bcoo = lambda x: isinstance(x, jsparse.BCOO)  # noqa: E731
 
@@ -255,7 +255,7 @@ def test_sparse_stream_yields_each_colour_once(ray):
 
 
 def test_sparse_shard_failure_names_its_colours(ray):
-    from rayjac._engine import ShardError
+    from rayjac.engine import ShardError
     driver = os.getpid()
 
     def check(x):

@@ -19,7 +19,7 @@ import rayjac
 from helpers import (expected_result, make_vars, model_args, readme_recipe, stateful_model,
                      tree_allclose)
 from rayjac._jacobian import JacStream
-from rayjac._storage import check_destination, load, result_path, write_result
+from rayjac.store import check_destination, load, result_path, write_result
 
 FORMATS = ["arrow", "parquet"]
 
@@ -215,7 +215,7 @@ def test_other_content_is_never_replaced(tmp_path):
 def test_crash_leaves_nothing_that_looks_complete(tmp_path):
     script = textwrap.dedent(f"""
         import os, jax.numpy as jnp, rayjac
-        from rayjac._storage import write_result
+        from rayjac.store import write_result
         stream = rayjac.jacfwd(jnp.sin, chunk_size=2).stream((jnp.ones(6),))
         def dying(shards):
             for shard in shards:

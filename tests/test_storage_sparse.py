@@ -16,10 +16,10 @@ from jax.experimental import sparse
 
 import rayjac
 from helpers import readme_recipe
-from rayjac._config import ConfigError, parse_config
+from rayjac.runs import ConfigError, parse_config
 from rayjac._jacobian import JacStream
-from rayjac._run import run, run_one
-from rayjac._storage import holds_result, load, read_sparsity, write_result
+from rayjac.runs import run, run_one
+from rayjac.store import holds_result, load, read_sparsity, write_result
 
 FORMATS = ["arrow", "parquet"]
 _is_bcoo = lambda x: isinstance(x, sparse.BCOO)  # noqa: E731
@@ -384,7 +384,7 @@ def test_the_cli_runs_shows_and_plots_a_sparse_config(tmp_path):
 
 @pytest.mark.parametrize("where", ["jacfwd", "sweep"])
 def test_submit_refuses_a_relative_sparsity_folder(where):
-    from rayjac._submit import submit
+    from rayjac.runs._submit import submit
 
     raw = {"problem": "jobs.lorenz96:make", "output": {"path": "/shared/l96"}}
     if where == "jacfwd":

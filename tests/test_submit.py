@@ -1,4 +1,4 @@
-"""``rayjac submit`` (rayjac._submit): token auth, the shipped working_dir, and a real head node.
+"""``rayjac submit`` (rayjac.runs._submit): token auth, the shipped working_dir, and a real head node.
 
 The head is a ``ray start --head --block`` subprocess of this test module on loopback ports, in
 its own temp dir and process group, with token auth; it is stopped by killing that group, so
@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from helpers import calls_by_point, job_package, wait_for
-from rayjac._cli import main
-from rayjac._config import ConfigError, parse_config
-from rayjac._run import RUNS_TABLE
-from rayjac._storage import load
-from rayjac._submit import _working_dir, auth_headers, submit
+from rayjac.cli import main
+from rayjac.runs import ConfigError, parse_config
+from rayjac.runs import RUNS_TABLE
+from rayjac.store import load
+from rayjac.runs._submit import _working_dir, auth_headers, submit
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

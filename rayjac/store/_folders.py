@@ -18,12 +18,22 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 
+def is_uri(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URI (``s3://bucket/x``, ``file:///x``) rather than a local path.
+
+    Example:
+        >>> is_uri("s3://bucket/sweep"), is_uri("results/run")
+        (True, False)
+    """
+    return "://" in os.fspath(path)
+
+
 def resolve(path: str | os.PathLike, fs: pafs.FileSystem | None) -> tuple[Any, str]:
     """The filesystem and the normalised path inside it (absolute for local paths)."""
     text = os.fspath(path)
     if fs is not None:
         return fs, text.rstrip("/")
-    if "://" in text:
+    if is_uri(text):
         fs, inner = pafs.FileSystem.from_uri(text)
         return fs, inner.rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(text)
@@ -32,7 +42,7 @@ def resolve(path: str | os.PathLike, fs: pafs.FileSystem | None) -> tuple[Any, s
 def shown(path: str | os.PathLike, final: str, fs: Any) -> str:
     """How to name ``path`` back to the user: the URI as given, else the absolute local path."""
     text = os.fspath(path)
-    return text.rstrip("/") if "://" in text or fs is not None else final
+    return text.rstrip("/") if is_uri(text) or fs is not None else final
 
 
 def sibling(final: str, tag: str) -> str:

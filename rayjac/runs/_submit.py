@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..store._folders import is_uri
 from ._config import Config, ConfigError, dump_config
 
 _ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -95,14 +96,14 @@ def auth_headers() -> dict[str, str]:
 
 def _check_output_path(config: Config) -> None:
     path = config.output.path
-    if "://" not in path and not os.path.isabs(path):
+    if not is_uri(path) and not os.path.isabs(path):
         raise ConfigError([
             f"output.path: {path!r} is relative, but a submitted job runs in a temporary "
             "working directory on the cluster and its results would be lost. Use an absolute "
             "path on storage the cluster shares (--set output.path=/shared/results/"
             f"{config.name}) or a URI (s3://bucket/results/{config.name})."])
     folders = [config.jacfwd.sparsity] + list((config.sweep or {}).get("jacfwd.sparsity", []))
-    relative = [f for f in folders if isinstance(f, str) and f != "auto" and "://" not in f
+    relative = [f for f in folders if isinstance(f, str) and f != "auto" and not is_uri(f)
                 and not os.path.isabs(f)]
     if relative:
         raise ConfigError([

@@ -14,6 +14,8 @@ import socket
 import time
 from typing import Callable, Iterator
 
+from ..store._folders import is_uri
+
 LOCK_FILE = "runs.lock"
 
 
@@ -28,7 +30,7 @@ def sweep_lock(folder: str, say: Callable[[str], None]) -> Iterator[bool]:
         ...     locked
         True
     """
-    if "://" in folder and not folder.startswith("file://"):
+    if is_uri(folder) and not folder.startswith("file://"):
         yield False
         return
     root = os.path.abspath(folder.removeprefix("file://"))

@@ -9,7 +9,7 @@ import json
 import re
 from typing import Any, NamedTuple
 
-from ._config import Config, _set_path, _split_key, parse_config
+from ._config import Config, set_path, split_key, parse_config
 
 
 class SweepRun(NamedTuple):
@@ -50,7 +50,7 @@ def expand_sweep(config: Config) -> list[SweepRun]:
             run_id = f"{run_id[:90]}-{_digest(point)}"
         raw = copy.deepcopy({**base, "sweep": None})
         for key, value in point.items():
-            _set_path(raw, _split_key(key), value)
+            set_path(raw, split_key(key), value)
         raw["output"]["path"] = f"{config.output.path.rstrip('/')}/{run_id}"
         runs.append(SweepRun(run_id, point, parse_config(raw, f"sweep run {run_id}")))
     return runs

@@ -1,4 +1,4 @@
-"""Looking at stored results: a text summary (``rayjac show``) and a picture (``rayjac plot``).
+"""``rayjac plot``: a picture of each Jacobian block of a stored result and its singular values.
 
 Dense blocks are drawn from their values; sparse (BCOO) blocks from their coordinates only,
 binned to the image, with their largest singular values from ARPACK, never made dense.
@@ -6,14 +6,15 @@ binned to the image, with their largest singular values from ARPACK, never made 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
-import jax
 import numpy as np
 import scipy.sparse as sp
+
+from ..sparsity import is_bcoo
+from ._blocks import as_matrix, block_labels, blocks, sparse_matrix
 
 _SVD_MAX = 4096  # singular values of larger dense blocks would take minutes; plot them subsampled
 _BINS = 300  # image cells per axis (at most) for a sparse block: each gets >= 1 pixel of a panel
@@ -24,172 +25,6 @@ _GRAM_MAX = 200  # below this min(m, n), the top values come from the small dens
 # PROPACK does not converge on them, LOBPCG is 10x slower.
 _SVDS_TOL = 0.055
 _SVDS_MAXITER = 300  # ARPACK restarts; Lorenz-96 needs ~20
-
-
-def _is_bcoo(x: Any) -> bool:
-    from jax.experimental import sparse
-
-    return isinstance(x, sparse.BCOO)
-
-
-def blocks(tree: Any) -> list[tuple[str, Any]]:
-    """The leaves of a Jacobian (or value/aux) pytree with their paths, e.g. ``[0]['w']``.
-
-    Dense leaves come back as numpy arrays, BCOO leaves (sparse results) as they are.
-
-    Example:
-        >>> [(p, a.shape) for p, a in blocks({"w": np.zeros((2, 3)), "b": np.zeros(2)})]
-        [("['b']", (2,)), ("['w']", (2, 3))]
-    """
-    if tree is None:
-        return []
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_bcoo)
-    return [(jax.tree_util.keystr(path) or "(root)", leaf if _is_bcoo(leaf) else np.asarray(leaf))
-            for path, leaf in flat]
-
-
-def summarize(result: Any) -> str:
-    """A text summary of a loaded result: config, every block's shape, dtype and norms, timings;
-    for a sparse result also its pattern (nnz, density, colours, detection and colouring times)
-    and every block's nnz, with norms computed from the stored entries.
-
-    Example:
-        >>> print(summarize(rayjac.load("results/quickstart")))  # doctest: +SKIP
-    """
-    meta = result.metadata
-    config = meta.get("config", {})
-    lines = [f"result   {result.path}",
-             f"problem  {config.get('problem', '?')}  params {json.dumps(config.get('params'))}"]
-    sparsity = _sparsity_info(result)
-    if sparsity is not None:
-        lines.append("sparsity " + _sparsity_line(sparsity))
-    labels = block_labels(config.get("jacfwd", {}))
-    for part in ("jacobian", "value", "aux"):
-        for path, leaf in blocks(getattr(result, part)):
-            label = labels.get(path, path) if part == "jacobian" else path
-            lines.append(f"{part:8} {label:20} {_leaf_line(leaf)}")
-    timings = meta.get("timings", {})
-    lines.append("timings  " + ", ".join(f"{k} {v:.3g}" for k, v in timings.items()
-                                         if isinstance(v, (int, float))))
-    versions = meta.get("versions", {})
-    lines.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    return "\n".join(lines)
-
-
-def block_labels(options: dict) -> dict[str, str]:
-    """Names for Jacobian leaf paths, from the run's jacfwd options (variable names, arg index).
-
-    Example:
-        >>> block_labels({"grad_vars": ["u", "v"], "argnums": 0})
-        {'[0][0]': 'u', '[0][1]': 'v', '[1]': 'arg 0'}
-    """
-    names, argnums = options.get("grad_vars"), options.get("argnums")
-    if names is None and argnums is None:
-        argnums = 0
-    var = ({"": names} if isinstance(names, str) else
-           {f"[{i}]": name for i, name in enumerate(names or [])})
-    arg = ({"": f"arg {argnums}"} if isinstance(argnums, int) else
-           {f"[{i}]": f"arg {a}" for i, a in enumerate(argnums or [])})
-    if names is not None and argnums is not None:
-        return {**{f"[0]{k}": v for k, v in var.items()},
-                **{f"[1]{k}": v for k, v in arg.items()}}
-    return {k or "(root)": v for k, v in (var if names is not None else arg).items()}
-
-
-def _sparsity_info(result: Any) -> dict | None:
-    """The pattern's description: the stored one, else one made from ``result.sparsity``."""
-    info = result.metadata.get("sparsity")
-    if info or result.sparsity is None:
-        return info or None
-    pattern = result.sparsity
-    m, n = pattern.shape
-    return {"shape": [m, n], "nnz": pattern.nnz, "num_colors": pattern.num_colors,
-            "density": pattern.nnz / (m * n) if m * n else 0.0, "times": dict(pattern.times)}
-
-
-def _sparsity_line(info: dict) -> str:
-    times = info.get("times") or {}
-    detect = times.get("detect_s")
-    detect = "given" if detect is None else f"{detect:.3g} s"
-    color = times.get("color_s")
-    color = "-" if color is None else f"{color:.3g} s"
-    return (f"{tuple(info['shape'])}  nnz {info['nnz']}  density {info['density']:.3g}  "
-            f"colours {info['num_colors']}  detect {detect}  colour {color}")
-
-
-def _leaf_line(leaf: Any) -> str:
-    text = f"{str(leaf.dtype):10} {str(tuple(leaf.shape)):18}"
-    if _is_bcoo(leaf):
-        values, size = _entries(leaf), math.prod(leaf.shape)
-        norms = f" |.|_F {_frobenius(values):.4g}  max|.| {_max_abs(values):.4g} " if size else " "
-        return text + norms + f" nnz {values.size}  density {values.size / max(size, 1):.3g}"
-    if leaf.size == 0 or not np.issubdtype(leaf.dtype, np.number):
-        return text
-    mag = np.abs(leaf)
-    return (text + f" |.|_F {float(np.linalg.norm(mag.ravel())):.4g}  max|.| "
-            f"{float(mag.max()):.4g}  nonzero {np.count_nonzero(leaf) / leaf.size:.1%}")
-
-
-def _entries(block: Any) -> np.ndarray:
-    """The values of a BCOO block's distinct entries (repeated indices summed, as BCOO does)."""
-    if block.unique_indices:
-        return np.asarray(block.data)
-    return sparse_matrix(block, block.ndim).data
-
-
-def _frobenius(values: np.ndarray) -> float:
-    return float(np.linalg.norm(np.abs(values))) if values.size else 0.0
-
-
-def _max_abs(values: np.ndarray) -> float:
-    return float(np.abs(values).max()) if values.size else 0.0
-
-
-def as_matrix(block: np.ndarray, out_ndim: int) -> np.ndarray:
-    """A Jacobian block ``O + V`` as the 2D matrix ``(prod O, prod V)`` (magnitudes if complex).
-
-    Example:
-        >>> as_matrix(np.ones((2, 3, 4)), out_ndim=1).shape
-        (2, 12)
-    """
-    rows = int(np.prod(block.shape[:out_ndim], dtype=np.int64))
-    matrix = block.reshape(rows, -1)
-    return np.abs(matrix) if np.iscomplexobj(matrix) else matrix.astype(np.float64)
-
-
-def sparse_matrix(block: Any, out_ndim: int) -> sp.csr_array:
-    """A BCOO Jacobian block ``O + V`` as the ``scipy.sparse`` matrix ``(prod O, prod V)``,
-    built from its coordinates (values kept, complex included; repeated indices summed).
-
-    Example:
-        >>> from jax.experimental import sparse
-        >>> block = sparse.BCOO.fromdense(np.eye(4).reshape(2, 2, 4))
-        >>> sparse_matrix(block, out_ndim=2).toarray().astype(int)
-        array([[1, 0, 0, 0],
-               [0, 1, 0, 0],
-               [0, 0, 1, 0],
-               [0, 0, 0, 1]])
-    """
-    if block.n_batch or block.n_dense:
-        raise ValueError(f"A Jacobian block must be a BCOO with n_batch=0 and n_dense=0, got "
-                         f"n_batch={block.n_batch}, n_dense={block.n_dense}; convert it with "
-                         "jax.experimental.sparse.bcoo_update_layout(block, n_batch=0, "
-                         "n_dense=0).")
-    indices = np.asarray(block.indices, np.int64)
-    out_shape, in_shape = block.shape[:out_ndim], block.shape[out_ndim:]
-    rows, cols = _flat(indices[:, :out_ndim], out_shape), _flat(indices[:, out_ndim:], in_shape)
-    shape = (math.prod(out_shape), math.prod(in_shape))
-    data = np.asarray(block.data)
-    if data.dtype.kind not in "fc" or data.dtype.itemsize < 4:  # bfloat16, float16: not scipy's
-        data = data.astype(np.float32)
-    return sp.csr_array((data, (rows, cols)), shape=shape)
-
-
-def _flat(indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Row-major flat positions of N-D indices (all 0 for a 0-d shape)."""
-    if not shape:
-        return np.zeros(indices.shape[0], np.int64)
-    return np.ravel_multi_index(tuple(indices.T), shape)
 
 
 def binned_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
@@ -208,6 +43,7 @@ def binned_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
     cell = (np.asarray(rows, np.int64) * bins_m // max(m, 1)) * bins_n + (
         np.asarray(cols, np.int64) * bins_n // max(n, 1))
     return np.bincount(cell, minlength=bins_m * bins_n).reshape(bins_m, bins_n)
+
 
 
 def top_singular_values(matrix: sp.sparray, k: int = _TOP_K) -> np.ndarray:
@@ -238,11 +74,13 @@ def top_singular_values(matrix: sp.sparray, k: int = _TOP_K) -> np.ndarray:
     return np.sort(values.astype(np.float64))[::-1]
 
 
+
 def _gram_singular_values(matrix: sp.sparray) -> np.ndarray:
     wide = matrix.shape[0] < matrix.shape[1]
     a = matrix.astype(np.complex128 if np.iscomplexobj(matrix.data) else np.float64)
     gram = (a @ a.conj().T) if wide else (a.conj().T @ a)
     return np.sqrt(np.clip(np.linalg.eigvalsh(gram.toarray())[::-1], 0.0, None))
+
 
 
 def plot(result: Any, file: str | os.PathLike) -> str:
@@ -268,7 +106,7 @@ def plot(result: Any, file: str | os.PathLike) -> str:
     fig, axes = plt.subplots(len(leaves), 2, figsize=(10, 4 * len(leaves)), squeeze=False)
     for (path, leaf), ndim, (left, right) in zip(leaves, _out_ndims(result), axes):
         label = labels.get(path, path)
-        if _is_bcoo(leaf):
+        if is_bcoo(leaf):
             matrix = sparse_matrix(leaf, ndim)
             _draw_pattern(left, matrix, label)
             _draw_top_singular_values(right, top_singular_values(matrix), matrix.shape, label)
@@ -284,6 +122,7 @@ def plot(result: Any, file: str | os.PathLike) -> str:
     return os.fspath(file)
 
 
+
 def _out_ndims(result: Any) -> list[int]:
     """For each Jacobian leaf, how many leading axes belong to the output: as stored
     (``metadata["jacobian"]["blocks"]``), else guessed from the output shapes."""
@@ -291,6 +130,7 @@ def _out_ndims(result: Any) -> list[int]:
     if stored and len(stored) == len(blocks(result.jacobian)):
         return [int(block["out_ndim"]) for block in stored]
     return _output_ndims(result)
+
 
 
 def _output_ndims(result: Any) -> list[int]:
@@ -304,6 +144,7 @@ def _output_ndims(result: Any) -> list[int]:
             for _, leaf in leaves]
 
 
+
 def _draw_matrix(ax: Any, matrix: np.ndarray, path: str) -> None:
     density = np.count_nonzero(matrix) / max(matrix.size, 1)
     if density < 0.2:
@@ -315,6 +156,7 @@ def _draw_matrix(ax: Any, matrix: np.ndarray, path: str) -> None:
                       interpolation="nearest")
     ax.figure.colorbar(image, ax=ax)
     ax.set_title(f"{path}: {matrix.shape[0]} x {matrix.shape[1]}")
+
 
 
 def _draw_pattern(ax: Any, matrix: sp.csr_array, path: str) -> None:
@@ -338,6 +180,7 @@ def _draw_pattern(ax: Any, matrix: sp.csr_array, path: str) -> None:
                                                 f"{counts.shape[1]} cells)")
 
 
+
 def _draw_top_singular_values(ax: Any, values: np.ndarray, shape: tuple[int, int],
                               path: str) -> None:
     r = min(shape)
@@ -358,6 +201,7 @@ def _draw_top_singular_values(ax: Any, values: np.ndarray, shape: tuple[int, int
         middle = math.sqrt(values[0] * low)
         ax.set_ylim(middle / math.sqrt(10), middle * math.sqrt(10))
     ax.grid(True, which="both", alpha=0.3)
+
 
 
 def _draw_singular_values(ax: Any, matrix: np.ndarray, path: str) -> None:

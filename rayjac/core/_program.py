@@ -21,7 +21,7 @@ from ._basis import Layout, chunking, split_range, weakly_typed
 from ._variables import StateTrace, Variable
 
 if TYPE_CHECKING:
-    from ._pattern import SparsePlan
+    from ._plan import SparsePlan
 
 
 def _jvp_batch(f: Callable, primals: list, seeds: Callable, ids: jax.Array,
@@ -186,7 +186,7 @@ class TangentProgram:
         """What a stream yields for a shard: ``(start, rows)``, or a ``SparseShard``."""
         if self.plan is None:
             return start, payload
-        from ._pattern import SparseShard
+        from ._plan import SparseShard
         return SparseShard(start, stop, payload)
 
     def seeds(self, ids: Any) -> list[Any]:

@@ -9,7 +9,10 @@ import sys
 import traceback
 from typing import Sequence
 
-from ._config import ConfigError, load_config
+from ..runs import ConfigError, load_config, run, submit
+from ..store import SCHEMA, is_uri, load
+from ._plot import plot
+from ._show import summarize
 
 _EPILOG = """examples:
   rayjac run configs/quickstart.yaml
@@ -86,8 +89,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._run import run
-
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"execution.address={json.dumps(args.address)}")
@@ -106,8 +107,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from ._submit import submit
-
     config = load_config(args.config, args.overrides)
     _, code = submit(config, args.address, wait=args.wait, say=lambda line: print(line,
                                                                                   flush=True))
@@ -115,30 +114,19 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ._plot import summarize
-    from ._run import RUNS_TABLE
-
-    table = os.path.join(args.result, RUNS_TABLE)
-    if "://" not in args.result and os.path.exists(table):
+    table = os.path.join(args.result, SCHEMA.runs_table)
+    if not is_uri(args.result) and os.path.exists(table):
         import pyarrow.parquet as pq
 
         print(_format_rows(pq.read_table(table).to_pylist()))
         return 0
-    print(summarize(_load(args.result)))
+    print(summarize(load(args.result)))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from ._plot import plot
-
-    print(f"wrote {plot(_load(args.result), args.output)}")
+    print(f"wrote {plot(load(args.result), args.output)}")
     return 0
-
-
-def _load(path: str):
-    from ._storage import load
-
-    return load(path)
 
 
 def _format_rows(rows: list[dict]) -> str:

@@ -1,6 +1,5 @@
-"""What runs inside Ray actors (the Ray wrappers live in ``_engine`` and ``_parallel``): core
-pinning; a shard worker's cached program and inputs and the J^T rows of one shard; a sweep
-runner's whole run."""
+"""What runs inside a shard worker actor (the Ray wrapper lives in ``_pool``): its environment,
+core pinning, its cached programs and inputs, and the J^T rows of one shard."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._program import UnshippedVariable
+from ..core._program import UnshippedVariable
 
 
 def worker_env(num_gpus: float, x64: bool) -> dict[str, str]:
@@ -88,7 +87,7 @@ class Worker:
         has none): fetched and converted once per object."""
         import jax.numpy as jnp
 
-        from ._basis import weakly_typed
+        from ..core._basis import weakly_typed
         refs = [ref for group in groups for ref in group]
         missing = [ref for ref in refs if ref.hex() not in self._arrays]
         fetched = self._fetch(missing) if missing else []
@@ -128,41 +127,3 @@ class Worker:
     @staticmethod
     def _kernel(program: Any, columns: bool) -> Any:
         return program.columns_jit if columns and program.plan is None else program.rows_jit
-
-
-class Runner:
-    """One long-lived sweep runner: executes whole runs (factory, primal, Jacobian, writing),
-    one at a time. An in-process run's runner holds its run's cores; a sharded run's runner
-    holds none itself and starts its own shard workers (``max_workers`` of them at most)."""
-
-    def __init__(self, num_cpus: float, env: dict[str, str]):
-        self.cores, self._locks = pin_to_cores(num_cpus)
-        # Set here rather than in a runtime_env of its own, which would cost each runner a
-        # fresh worker process (seconds); JAX has not started a backend yet.
-        import jax
-
-        os.environ.update(env)
-        jax.config.update("jax_enable_x64", env["JAX_ENABLE_X64"] == "1")
-        if "JAX_PLATFORMS" in env:
-            jax.config.update("jax_platforms", env["JAX_PLATFORMS"])
-
-    def describe(self) -> dict:
-        import jax
-
-        return {"pid": os.getpid(), "cores": self.cores, "x64": jax.config.jax_enable_x64,
-                "platforms": jax.config.jax_platforms,
-                "devices": [d.platform for d in jax.devices()]}
-
-    def run(self, config: Any, point: dict, cwd: str, max_workers: int | None
-            ) -> tuple[str | None, float]:
-        """``(None, seconds)`` when the run is stored, else ``(error message, seconds)``."""
-        from ._run import run_one
-
-        if os.path.isdir(cwd):  # the driver's folder on this node: its relative paths hold
-            os.chdir(cwd)
-        start = time.perf_counter()
-        try:
-            run_one(config, point, max_workers=max_workers)
-        except Exception as err:  # recorded by the driver; the sweep goes on
-            return f"{type(err).__name__}: {err}", time.perf_counter() - start
-        return None, time.perf_counter() - start

@@ -1,7 +1,6 @@
 """Sweeps on the cluster: each run's whole work (factory, primal, Jacobian, writing) in a
 long-lived runner actor, as many runs at once as ``execution.parallel_runs`` and the cluster's
-resources allow. With ``_engine``, the modules that run Ray tasks (``_submit`` talks to the
-Jobs API).
+resources allow. The runner itself (what runs inside the actor) is ``_runner``.
 
 A run starts only when everything it will hold fits beside what the sweep's other runners
 hold, so runs never wait on each other's resources: an in-process run holds its runner's
@@ -16,12 +15,14 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterator, NamedTuple
 
+import jax
 import ray
 from ray.exceptions import RayTaskError
 
-from . import _engine
+from ..engine import ENGINE, WorkerOptions, capacity, worker_env
+from ..engine._cluster import LOST, MAX_RETRIES, job_id
 from ._config import Config
-from ._worker import Runner, worker_env
+from ._runner import Runner
 
 _EPS = 1e-9
 
@@ -55,14 +56,14 @@ def shape_of(config: Config, total: dict[str, float]) -> Shape:
     cannot run there at all.
 
     Example:
-        >>> from rayjac._config import parse_config
+        >>> from rayjac.runs import parse_config
         >>> cfg = parse_config({"problem": "jobs.lorenz96:make", "execution": {"shards": 8}})
         >>> shape_of(cfg, {"CPU": 2.0}).need
         (2.0, 0.0)
     """
     ex = config.execution
     if ex.shards is not None:
-        fit = _engine.capacity(_engine.WorkerOptions(ex.num_cpus, ex.num_gpus), total)
+        fit = capacity(WorkerOptions(ex.num_cpus, ex.num_gpus), total)
         return Shape(workers=min(ex.shards, fit), worker_cpus=ex.num_cpus,
                      worker_gpus=ex.num_gpus)
     for name, asked in (("cpus", ex.num_cpus), ("gpus", ex.num_gpus)):
@@ -104,8 +105,8 @@ def run_all(runs: list[tuple[int, Config, dict]], parallel_runs: int | None, *,
     """
     if not runs:
         return
-    _engine.release_pools()  # this driver's own shard workers would hold what the runs need
-    import jax
+    ENGINE.release_pools()  # this driver's own shard workers would hold what the runs need
+    ENGINE.on_new_pool(KEPT.release)  # and the sweep's idle runners what a new pool needs
 
     total = ray.cluster_resources()
     queue = []
@@ -133,36 +134,43 @@ def run_all(runs: list[tuple[int, Config, dict]], parallel_runs: int | None, *,
         runners.close()
 
 
-# Idle runners outlive a sweep (the next sweep of this driver starts at once), until this
-# driver's engine needs their resources for shard workers of its own.
-_kept: dict[tuple, list[tuple[Shape, Any]]] = {}
+class KeptRunners:
+    """Idle runners that outlive a sweep (the next sweep of this driver starts at once), by
+    (Ray session, x64 mode), until this driver's engine needs their resources for shard
+    workers of its own."""
+
+    def __init__(self):
+        self._idle: dict[tuple, list[tuple[Shape, Any]]] = {}
+
+    def take(self, key: tuple) -> list[tuple[Shape, Any]]:
+        return self._idle.pop(key, [])
+
+    def keep(self, key: tuple, idle: list[tuple[Shape, Any]]) -> None:
+        self._idle[key] = idle
+
+    def release(self) -> None:
+        """Releases every kept runner, and its resources.
+
+        Example:
+            >>> KeptRunners().release()
+        """
+        job = job_id() if self._idle else None
+        for (owner, _), idle in self._idle.items():
+            for _, actor in idle if owner == job else ():  # an old session's are gone already
+                ray.kill(actor, no_restart=True)
+        self._idle.clear()
 
 
-def release_runners() -> None:
-    """Releases the idle runners kept from earlier sweeps of this driver, and their resources.
-
-    Example:
-        >>> release_runners()
-    """
-    if not _kept:
-        return
-    job = _engine._job()
-    for (owner, _), idle in _kept.items():
-        for _, actor in idle if owner == job else ():  # an old session's are gone already
-            ray.kill(actor, no_restart=True)
-    _kept.clear()
-
-
-_engine.holders_to_release.append(release_runners)
+KEPT = KeptRunners()  # this driver's
 
 
 class _Runners:
     """The sweep's runner actors: busy ones by the ref of their run, idle ones oldest first."""
 
     def __init__(self, x64: bool):
-        self.x64, self.key = x64, (_engine._job(), x64)
-        self.idle: list[tuple[Shape, Any]] = _kept.pop(self.key, [])
-        release_runners()  # those of another Ray session or x64 mode
+        self.x64, self.key = x64, (job_id(), x64)
+        self.idle: list[tuple[Shape, Any]] = KEPT.take(self.key)
+        KEPT.release()  # those of another Ray session or x64 mode
         self.busy: dict[Any, tuple[Any, Item]] = {}
 
     def held(self) -> tuple[float, float]:
@@ -197,7 +205,8 @@ class _Runners:
         """Stops the runners still busy (their runs are abandoned); keeps the idle ones."""
         for actor, _ in self.busy.values():
             ray.kill(actor, no_restart=True)
-        _kept[self.key], self.idle, self.busy = self.idle, [], {}
+        KEPT.keep(self.key, self.idle)
+        self.idle, self.busy = [], {}
 
 
 def _admit(queue: list[Item], runners: _Runners, limit: int) -> Iterator[tuple[Item, Any]]:
@@ -239,10 +248,10 @@ def _outcome(ref: Any, runners: _Runners, tries: dict[int, int], queue: list[Ite
     actor, item = runners.busy.pop(ref)
     try:
         error, seconds = ray.get(ref)
-    except _engine._LOST as err:  # the runner's process died mid-run: retry, like a lost shard
+    except LOST as err:  # the runner's process died mid-run: retry, like a lost shard
         ray.kill(actor, no_restart=True)
         tries[item.index] = tries.get(item.index, 0) + 1
-        if tries[item.index] <= _engine.MAX_RETRIES:
+        if tries[item.index] <= MAX_RETRIES:
             queue.insert(0, item)
             return None
         return Outcome(item.index, f"RunnerLost: the process running this run died "

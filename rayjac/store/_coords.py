@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ._basis import Layout
-from ._pattern import SparsePlan, SparseShard, Sparsity
+from ..core._basis import Layout
+from ..sparsity._pattern import Sparsity
+from ..core._plan import SparsePlan, SparseShard
 
 INDEX = (("row", pa.int64()), ("col", pa.int64()))
 COLOR = "color"

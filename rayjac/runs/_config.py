@@ -249,7 +249,7 @@ def apply_overrides(raw: Any, overrides: Sequence[str], source: str = "config") 
             problem = "the config is not a mapping"
         if problem is None:
             try:
-                problem = _set_path(data, _split_key(key.strip()), parse_yaml(text))
+                problem = set_path(data, split_key(key.strip()), parse_yaml(text))
             except yaml.YAMLError as err:
                 problem = f"the value is not valid YAML ({_yaml_problem(err)})"
         if problem:
@@ -305,7 +305,7 @@ def _sweep_problems(config: Config) -> list[str]:
             continue
         for index, value in enumerate(values):
             raw = copy.deepcopy({**base, "sweep": None})
-            _set_path(raw, _split_key(key), value)
+            set_path(raw, split_key(key), value)
             try:
                 Config.model_validate(raw)
             except pydantic.ValidationError as err:
@@ -338,13 +338,14 @@ def _check_path(parts: list[str]) -> str | None:
     return None
 
 
-def _split_key(key: str) -> list[str]:
+def split_key(key: str) -> list[str]:
     """``sweep.params.n`` -> ['sweep', 'params.n']: sweep keys are dotted themselves."""
     head, _, rest = key.partition(".")
     return [head, rest] if head == "sweep" and rest else key.split(".")
 
 
-def _set_path(data: dict, parts: list[str], value: Any) -> str | None:
+def set_path(data: dict, parts: list[str], value: Any) -> str | None:
+    """Sets ``data[parts[0]][parts[1]]...`` (creating sections); a problem message, or None."""
     for depth, part in enumerate(parts[:-1]):
         if data.get(part) is None:
             data[part] = {}

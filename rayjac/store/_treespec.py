@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pyarrow as pa
 
-from ._basis import Layout, TangentBasis
+from ..core._basis import Layout, TangentBasis
 
 LEAF = "*"
 ENCODINGS = {

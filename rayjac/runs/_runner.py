@@ -1,0 +1,45 @@
+"""What runs inside a sweep's runner actor (the Ray wrapper and the scheduling live in
+``_scheduler``): a whole run, one at a time."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+
+from ..engine import pin_to_cores
+from ._one import run_one
+
+
+class Runner:
+    """One long-lived sweep runner: executes whole runs (factory, primal, Jacobian, writing),
+    one at a time. An in-process run's runner holds its run's cores; a sharded run's runner
+    holds none itself and starts its own shard workers (``max_workers`` of them at most)."""
+
+    def __init__(self, num_cpus: float, env: dict[str, str]):
+        self.cores, self._locks = pin_to_cores(num_cpus)
+        # Set here rather than in a runtime_env of its own, which would cost each runner a
+        # fresh worker process (seconds); JAX has not started a backend yet.
+        os.environ.update(env)
+        jax.config.update("jax_enable_x64", env["JAX_ENABLE_X64"] == "1")
+        if "JAX_PLATFORMS" in env:
+            jax.config.update("jax_platforms", env["JAX_PLATFORMS"])
+
+    def describe(self) -> dict:
+        return {"pid": os.getpid(), "cores": self.cores, "x64": jax.config.jax_enable_x64,
+                "platforms": jax.config.jax_platforms,
+                "devices": [d.platform for d in jax.devices()]}
+
+    def run(self, config: Any, point: dict, cwd: str, max_workers: int | None
+            ) -> tuple[str | None, float]:
+        """``(None, seconds)`` when the run is stored, else ``(error message, seconds)``."""
+        if os.path.isdir(cwd):  # the driver's folder on this node: its relative paths hold
+            os.chdir(cwd)
+        start = time.perf_counter()
+        try:
+            run_one(config, point, max_workers=max_workers)
+        except Exception as err:  # recorded by the driver; the sweep goes on
+            return f"{type(err).__name__}: {err}", time.perf_counter() - start
+        return None, time.perf_counter() - start

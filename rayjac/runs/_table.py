@@ -1,0 +1,45 @@
+"""``runs.parquet``: one row per run of a sweep, rewritten atomically as each run ends."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..store import _folders
+from ..store._schema import SCHEMA
+
+RUNS_TABLE = SCHEMA.runs_table
+
+
+def column_types(runs: list) -> dict[str, pa.DataType]:
+    """The Arrow type of each swept key's column (``None``: mixed types, stored as JSON)."""
+    types = {}
+    for key in runs[0].point:
+        try:
+            types[key] = pa.array([r.point[key] for r in runs]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: store JSON text
+            types[key] = None
+    return types
+
+
+def write_runs_table(folder: str, records: list, types: dict) -> None:
+    """Rewrites ``<folder>/runs.parquet`` with one row per record (a ``RunRecord``)."""
+    columns = {"run_id": pa.array([r.run_id for r in records], pa.string())}
+    for key, type_ in types.items():
+        values = [r.point[key] for r in records]
+        columns[key] = (pa.array(values, type_) if type_ is not None
+                        else pa.array([json.dumps(v) for v in values], pa.string()))
+    for name in ("status", "error", "path"):
+        columns[name] = pa.array([getattr(r, name) for r in records], pa.string())
+    _write_atomic(pa.table(columns), f"{folder.rstrip('/')}/{RUNS_TABLE}")
+
+
+def _write_atomic(table: pa.Table, path: str) -> None:
+    """Write then rename, so a reader (or a crash) never sees a half-written table."""
+    fs, inner = _folders.resolve(path, None)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    tmp = _folders.sibling(inner, "tmp")
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, inner)

@@ -1,0 +1,223 @@
+"""Reading a result folder back: ``load`` (the Jacobian in the structure ``jacfwd`` returns,
+memory-mapped where possible) and ``read_sparsity`` (only a sparse result's pattern)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import posixpath
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from . import _coords
+from . import _folders
+from . import _treespec as ts
+from ._formats import FORMATS
+from ._schema import SCHEMA
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Result:
+    """A stored Jacobian, as returned by ``rayjac.load``.
+
+    Attributes:
+      jacobian: ``var_jac``, ``arg_jac`` or ``(var_jac, arg_jac)``, as ``rayjac.jacfwd`` returns
+        them, with numpy leaves (memory-mapped from Arrow IPC files where possible).
+      value: the primal output (``None`` unless the run used ``return_value``).
+      aux: the auxiliary output (``None`` unless the run used ``has_aux``).
+      metadata: the run's description: resolved config, versions, timings, and the shape and
+        dtype of every leaf.
+      path: the folder it was loaded from.
+      sparsity: the ``rayjac.Sparsity`` of a sparse result (its blocks are BCOO arrays);
+        ``None`` for a dense result.
+
+    Example:
+      >>> import jax.numpy as jnp, rayjac, tempfile
+      >>> folder = tempfile.mkdtemp() + "/run"
+      >>> stream = rayjac.jacfwd(lambda x: x ** 2).stream((jnp.arange(3.0),))
+      >>> _ = rayjac.store.write_result(folder, stream)
+      >>> rayjac.load(folder).jacobian.diagonal()
+      array([0., 2., 4.], dtype=float32)
+    """
+
+    jacobian: Any
+    value: Any
+    aux: Any
+    metadata: dict
+    path: str
+    sparsity: Any = None
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={_summary(getattr(self, k))}" for k in ("jacobian", "value", "aux"))
+        return f"Result(path={self.path!r}, {parts})"
+
+
+def _summary(tree: Any) -> str:
+    """The tree with each array shown as ``dtype[shape]``."""
+    from jax.experimental import sparse
+
+    def text(a: Any) -> _Text:
+        kind = f"BCOO(nnz={a.nse})" if isinstance(a, sparse.BCOO) else ""
+        return _Text(f"{a.dtype}{list(a.shape)}{kind}")
+
+    return repr(jax.tree_util.tree_map(text, tree, is_leaf=lambda a: isinstance(a, sparse.BCOO)))
+
+
+class _Text(str):
+    __repr__ = str.__str__
+
+
+def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) -> Result:
+    """Loads a result folder written by ``rayjac run`` (or ``write_result``).
+
+    Arrow IPC files are memory-mapped: the Jacobian's arrays are views of the file (no copy)
+    when it holds one shard in order, and one copy otherwise.
+
+    Args:
+      path: the run's folder: a local path or a ``pyarrow.fs`` URI (``s3://``, ``file://``).
+      filesystem: a ``pyarrow.fs.FileSystem`` to use instead of the one ``path`` names.
+
+    Returns:
+      A ``Result`` with ``.jacobian``, ``.value``, ``.aux`` and ``.metadata``.
+
+    Raises:
+      FileNotFoundError: nothing exists at ``path``.
+      ValueError: ``path`` is not a complete rayjac result, a file is truncated or corrupt, or
+        it was written by a newer rayjac.
+
+    Example:
+      >>> import jax.numpy as jnp, rayjac, tempfile
+      >>> folder = tempfile.mkdtemp() + "/run"
+      >>> _ = rayjac.store.write_result(folder, rayjac.jacfwd(jnp.sin).stream((jnp.ones(2),)))
+      >>> rayjac.load(folder).metadata["jacobian"]["columns"]
+      2
+    """
+    fs, root = _folders.resolve(path, filesystem)
+    shown = os.fspath(path)
+    desc = _read_description(fs, root, shown)
+    jac_file, value_aux_file, _ = SCHEMA.files(desc["format"])
+    table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown)
+    jac = _check_description(_table_description(table, shown, jac_file), shown, jac_file)
+    pattern = None
+    if jac.get("kind") == "sparse":
+        pattern, order = _read_pattern(fs, root, table, jac, shown)
+        with _reading(shown, jac_file):
+            jacobian = _coords.read_blocks(table, jac["sparsity"], pattern, order,
+                                           ts.layout_from_json(jac["jacobian"]))
+    else:
+        with _reading(shown, jac_file):
+            jacobian = ts.layout_from_json(jac["jacobian"]).assemble(
+                ts.read_rows(table, jac["jacobian"]), xp=np)
+    parts = _read_table(fs, f"{root}/{value_aux_file}", desc["format"], shown)
+    with _reading(shown, value_aux_file):
+        batch = parts.to_batches()[0] if parts.num_rows else None
+        value, aux = (ts.read_tree(batch, desc[part]) for part in ("value", "aux"))
+    return Result(jacobian, value, aux, desc, shown, pattern)
+
+
+def read_sparsity(path: str | os.PathLike, *,
+                  filesystem: pafs.FileSystem | None = None) -> Any:
+    """The ``rayjac.Sparsity`` (pattern and colouring) of a sparse result, reading only its
+    ``row``/``col`` columns and colours, e.g. to reuse it (``jacfwd.sparsity: <folder>``).
+
+    Raises:
+      FileNotFoundError: nothing exists at ``path``.
+      ValueError: ``path`` is not a complete rayjac result, or holds a dense one.
+
+    Example:
+      >>> import jax.numpy as jnp, rayjac, tempfile
+      >>> folder = tempfile.mkdtemp() + "/run"
+      >>> jf = rayjac.jacfwd(lambda x: x[1:] * x[:-1], sparsity="auto")
+      >>> _ = rayjac.store.write_result(folder, jf.stream((jnp.ones(5),)))
+      >>> read_sparsity(folder)
+      Sparsity(shape=(4, 5), nnz=8, density=0.4, num_colors=2)
+    """
+    fs, root = _folders.resolve(path, filesystem)
+    shown = os.fspath(path)
+    desc = _read_description(fs, root, shown)
+    if desc.get("kind") != "sparse":
+        raise ResultError(f"{shown} holds a dense result, which has no sparsity pattern; "
+                           "name the folder of a run with jacfwd.sparsity set.")
+    jac_file = SCHEMA.files(desc["format"])[0]
+    table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown, columns=["row", "col"])
+    return _read_pattern(fs, root, table, desc, shown)[0]
+
+
+def _read_pattern(fs, root: str, table: pa.Table, desc: dict, shown: str) -> tuple[Any, Any]:
+    colors_file = SCHEMA.colors_file(desc["format"])
+    colors = _read_table(fs, f"{root}/{colors_file}", desc["format"], shown)
+    with _reading(shown, SCHEMA.files(desc["format"])[0]):
+        return _coords.read_pattern(table, colors, desc["sparsity"])
+
+
+class ResultError(ValueError):
+    """A result folder that cannot be read (not a result, truncated, corrupt, or newer than
+    this rayjac); the message names the path and what is wrong."""
+
+
+@contextlib.contextmanager
+def _reading(shown: str, name: str) -> Iterator[None]:
+    """Low-level read failures -> one error that names the result and the file."""
+    try:
+        yield
+    except ResultError:
+        raise
+    except (pa.ArrowException, OSError, KeyError, IndexError, TypeError, ValueError) as err:
+        raise ResultError(f"{shown}: {name} is truncated or corrupt ({err}). Re-run the job "
+                           "to write the result again.") from err
+
+
+def _read_description(fs, root: str, shown: str) -> dict:
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"No rayjac result at {shown}: the path does not exist.")
+    if info.type != pafs.FileType.Directory:
+        raise ResultError(f"{shown} is a file, not a rayjac result folder; pass the run's "
+                           "folder (the output.path of its config).")
+    marker = f"{root}/{SCHEMA.metadata}"
+    if fs.get_file_info(marker).type == pafs.FileType.NotFound:
+        sweep = fs.get_file_info(f"{root}/{SCHEMA.runs_table}").type == pafs.FileType.File
+        hint = (" It is a sweep's folder: load one of the runs listed in its runs.parquet."
+                if sweep else " A run that crashed or is still writing leaves no result.")
+        raise ResultError(f"{shown} is not a complete rayjac result: it has no "
+                           f"{SCHEMA.metadata}.{hint}")
+    with _reading(shown, SCHEMA.metadata), fs.open_input_stream(marker) as src:
+        desc = json.loads(src.read())
+    return _check_description(desc, shown, SCHEMA.metadata)
+
+
+def _table_description(table: pa.Table, shown: str, name: str) -> dict:
+    raw = (table.schema.metadata or {}).get(SCHEMA.key.encode())
+    if raw is None:
+        raise ResultError(f"{shown}: {name} is not a rayjac table (its schema metadata has no "
+                           f"{SCHEMA.key!r} key).")
+    with _reading(shown, name):
+        return json.loads(raw)
+
+
+def _check_description(desc: Any, shown: str, name: str) -> dict:
+    if not isinstance(desc, dict) or not isinstance(desc.get("schema_version"), int):
+        raise ResultError(f"{shown} is not a rayjac result: {name} has no schema_version.")
+    if desc["schema_version"] > SCHEMA.version:
+        raise ResultError(
+            f"{shown} was written with result schema version {desc['schema_version']}, newer "
+            f"than this rayjac reads (up to {SCHEMA.version}). Upgrade rayjac "
+            "(pip install -U rayjac) to load it.")
+    if desc.get("format") not in FORMATS:
+        raise ResultError(f"{shown}: {name} names an unknown format {desc.get('format')!r}.")
+    return desc
+
+
+def _read_table(fs, file: str, fmt: str, shown: str, columns: list | None = None
+                ) -> pa.Table:
+    name = posixpath.basename(file)
+    if fs.get_file_info(file).type == pafs.FileType.NotFound:
+        raise ResultError(f"{shown} is not a complete rayjac result: {name} is missing.")
+    with _reading(shown, name):
+        return FORMATS[fmt].read(fs, file, columns)
