@@ -44,7 +44,7 @@ def test_config_is_frozen():
 @pytest.mark.parametrize("raw, path, words", [
     ({"foo": 1}, "foo", "valid keys: name, problem, params, jacfwd, execution, output, sweep"),
     ({"execution": {"shard": 2}}, "execution.shard",
-     "valid keys: shards, chunk_size, num_cpus, num_gpus, address, parallel_runs"),
+     "valid keys: shards, chunk_size, num_cpus, num_gpus, address, parallel_runs, batch_size"),
     ({"jacfwd": {"grad_var": "x"}}, "jacfwd.grad_var",
      "valid keys: grad_vars, argnums, has_aux, return_value, holomorphic, sparsity"),
     ({"output": {"fmt": "arrow"}}, "output.fmt", "valid keys: path, format, overwrite"),
@@ -283,7 +283,7 @@ def test_sweep_errors_name_the_key_and_the_bad_value():
         "sweep.output.path: cannot sweep 'output'; sweep keys start with one of: problem, "
         "params, jacfwd, execution",
         "sweep.execution.shard: unknown key 'execution.shard'; valid keys of execution: "
-        "shards, chunk_size, num_cpus, num_gpus, address, parallel_runs",
+        "shards, chunk_size, num_cpus, num_gpus, address, parallel_runs, batch_size",
         "sweep.name: cannot sweep 'name'; sweep keys start with one of: problem, params, "
         "jacfwd, execution",
         "sweep.params.n: expected a non-empty list of values",

@@ -14,7 +14,8 @@ import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
 import rayjac
-from rayjac.cli import _blocks, _plot, _show
+from rayjac.cli import _plot, _show
+from rayjac.store import _matrix
 from rayjac.store import Result
 
 matplotlib.use("Agg")
@@ -156,7 +157,7 @@ def test_summarize_dense_results_unchanged():
 def test_sparse_matrix_is_the_dense_reshape(shape, out_ndim):
     dense = (np.random.default_rng(0).standard_normal(shape) * (
         np.random.default_rng(1).random(shape) < 0.4)).astype(np.float32)
-    matrix = _blocks.sparse_matrix(bcoo(dense), out_ndim)
+    matrix = _matrix.sparse_matrix(bcoo(dense), out_ndim)
     np.testing.assert_array_equal(matrix.toarray(), dense.reshape(matrix.shape))
     assert matrix.shape == (math.prod(shape[:out_ndim]), math.prod(shape[out_ndim:]))
 
@@ -165,7 +166,7 @@ def test_sparse_matrix_refuses_batched_blocks():
     block = jsparse.BCOO((np.ones((3, 1), np.float32), np.arange(3, dtype=np.int32).reshape(
         3, 1, 1)), shape=(3, 3))  # the identity, one entry per batch row
     with pytest.raises(ValueError, match="n_batch=0 and n_dense=0, got n_batch=1"):
-        _blocks.sparse_matrix(block, 1)
+        _matrix.sparse_matrix(block, 1)
 
 
 def reference_counts(pattern, bins_m, bins_n):
@@ -239,7 +240,7 @@ def test_plot_draws_the_binned_counts_and_the_top_singular_values():
 
     dense = (np.random.default_rng(3).standard_normal((400, 350)) * (
         np.random.default_rng(4).random((400, 350)) < 0.01)).astype(np.float32)
-    matrix = _blocks.sparse_matrix(bcoo(dense), 1)
+    matrix = _matrix.sparse_matrix(bcoo(dense), 1)
     fig, (left, right) = plt.subplots(1, 2)
     _plot._draw_pattern(left, matrix, "x")
     values = _plot.top_singular_values(matrix)
@@ -273,7 +274,7 @@ def test_plot_lorenz96_of_20000_sites(tmp_path, no_densify):
     rows, cols = np.asarray(block.indices).T  # at x = F the (i, i-1) entries are 0, but stored
     counts = _plot.binned_counts(rows, cols, (n, n), _plot._BINS)
     assert counts.sum() == 4 * n and counts.trace() > 0.9 * 4 * n
-    matrix = _blocks.sparse_matrix(block, 1)
+    matrix = _matrix.sparse_matrix(block, 1)
     # At x = F the Jacobian is circulant: its singular values are |sum_d c_d w^(j d)|.
     w = np.exp(2j * np.pi * np.arange(n) / n)
     exact = np.sort(np.abs(-forcing * w ** -2 - 1 + forcing * w))[::-1][:_plot._TOP_K]
@@ -307,13 +308,13 @@ def test_stored_out_ndim_wins_over_the_guess():
 def test_top_singular_values_when_arpack_stops_early(monkeypatch):
     monkeypatch.setattr(_plot, "_SVDS_MAXITER", 1)
     n = 3000
-    matrix = _blocks.sparse_matrix(lorenz96_bcoo(n, np.full(n, 8.0, np.float32)), 1)
+    matrix = _matrix.sparse_matrix(lorenz96_bcoo(n, np.full(n, 8.0, np.float32)), 1)
     values = _plot.top_singular_values(matrix)
     assert values.size <= _plot._TOP_K and np.all(values <= 17.0 + 1e-3)
 
 
 def test_sparse_matrix_of_half_precision_blocks():
     dense = np.array([[0.0, 1.5], [2.0, 0.0]], jnp.bfloat16)
-    matrix = _blocks.sparse_matrix(bcoo(dense), 1)
+    matrix = _matrix.sparse_matrix(bcoo(dense), 1)
     assert matrix.dtype == np.float32 and matrix.toarray().tolist() == [[0, 1.5], [2, 0]]
     assert _show._leaf_line(bcoo(dense)).endswith("|.|_F 2.5  max|.| 2  nnz 2  density 0.5")

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import numpy as np
-import scipy.sparse as sp
 
 from ..sparsity import is_bcoo
 
@@ -27,7 +25,6 @@ def blocks(tree: Any) -> list[tuple[str, Any]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_bcoo)
     return [(jax.tree_util.keystr(path) or "(root)", leaf if is_bcoo(leaf) else np.asarray(leaf))
             for path, leaf in flat]
-
 
 
 def block_labels(options: dict) -> dict[str, str]:
@@ -50,7 +47,6 @@ def block_labels(options: dict) -> dict[str, str]:
     return {k or "(root)": v for k, v in (var if names is not None else arg).items()}
 
 
-
 def as_matrix(block: np.ndarray, out_ndim: int) -> np.ndarray:
     """A Jacobian block ``O + V`` as the 2D matrix ``(prod O, prod V)`` (magnitudes if complex).
 
@@ -63,38 +59,20 @@ def as_matrix(block: np.ndarray, out_ndim: int) -> np.ndarray:
     return np.abs(matrix) if np.iscomplexobj(matrix) else matrix.astype(np.float64)
 
 
-
-def sparse_matrix(block: Any, out_ndim: int) -> sp.csr_array:
-    """A BCOO Jacobian block ``O + V`` as the ``scipy.sparse`` matrix ``(prod O, prod V)``,
-    built from its coordinates (values kept, complex included; repeated indices summed).
+def at_point(tree: Any, point: int) -> Any:
+    """One point of a map result's tree: every leaf indexed along its leading axis (a BCOO block
+    with ``n_batch == 1`` becomes a plain BCOO block of that point).
 
     Example:
-        >>> from jax.experimental import sparse
-        >>> block = sparse.BCOO.fromdense(np.eye(4).reshape(2, 2, 4))
-        >>> sparse_matrix(block, out_ndim=2).toarray().astype(int)
-        array([[1, 0, 0, 0],
-               [0, 1, 0, 0],
-               [0, 0, 1, 0],
-               [0, 0, 0, 1]])
+        >>> at_point({"w": np.arange(6.0).reshape(3, 2)}, 1)["w"]
+        array([2., 3.])
     """
-    if block.n_batch or block.n_dense:
-        raise ValueError(f"A Jacobian block must be a BCOO with n_batch=0 and n_dense=0, got "
-                         f"n_batch={block.n_batch}, n_dense={block.n_dense}; convert it with "
-                         "jax.experimental.sparse.bcoo_update_layout(block, n_batch=0, "
-                         "n_dense=0).")
-    indices = np.asarray(block.indices, np.int64)
-    out_shape, in_shape = block.shape[:out_ndim], block.shape[out_ndim:]
-    rows, cols = _flat(indices[:, :out_ndim], out_shape), _flat(indices[:, out_ndim:], in_shape)
-    shape = (math.prod(out_shape), math.prod(in_shape))
-    data = np.asarray(block.data)
-    if data.dtype.kind not in "fc" or data.dtype.itemsize < 4:  # bfloat16, float16: not scipy's
-        data = data.astype(np.float32)
-    return sp.csr_array((data, (rows, cols)), shape=shape)
+    from jax.experimental import sparse
 
+    def pick(leaf: Any) -> Any:
+        if is_bcoo(leaf):
+            return sparse.BCOO((leaf.data[point], leaf.indices[point]), shape=leaf.shape[1:],
+                               indices_sorted=True, unique_indices=leaf.unique_indices)
+        return np.asarray(leaf)[point]
 
-
-def _flat(indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Row-major flat positions of N-D indices (all 0 for a 0-d shape)."""
-    if not shape:
-        return np.zeros(indices.shape[0], np.int64)
-    return np.ravel_multi_index(tuple(indices.T), shape)
+    return jax.tree_util.tree_map(pick, tree, is_leaf=is_bcoo)

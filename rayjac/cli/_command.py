@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``RAYJAC_TRACEBACK=1`` to see one.
 
     Example:
-        >>> main(["run", "missing.yaml"])  # doctest: +SKIP
+        >>> main(["run", "no-such-config.yaml"])
         2
     """
     parser = _parser()

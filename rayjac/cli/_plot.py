@@ -14,7 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..sparsity import is_bcoo
-from ._blocks import as_matrix, block_labels, blocks, sparse_matrix
+from ..store._matrix import sparse_matrix
+from ._blocks import as_matrix, at_point, block_labels, blocks
 
 _SVD_MAX = 4096  # singular values of larger dense blocks would take minutes; plot them subsampled
 _BINS = 300  # image cells per axis (at most) for a sparse block: each gets >= 1 pixel of a panel
@@ -45,7 +46,6 @@ def binned_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
     return np.bincount(cell, minlength=bins_m * bins_n).reshape(bins_m, bins_n)
 
 
-
 def top_singular_values(matrix: sp.sparray, k: int = _TOP_K) -> np.ndarray:
     """The ``min(k, m, n)`` largest singular values of a sparse matrix, largest first.
 
@@ -74,13 +74,11 @@ def top_singular_values(matrix: sp.sparray, k: int = _TOP_K) -> np.ndarray:
     return np.sort(values.astype(np.float64))[::-1]
 
 
-
 def _gram_singular_values(matrix: sp.sparray) -> np.ndarray:
     wide = matrix.shape[0] < matrix.shape[1]
     a = matrix.astype(np.complex128 if np.iscomplexobj(matrix.data) else np.float64)
     gram = (a @ a.conj().T) if wide else (a.conj().T @ a)
     return np.sqrt(np.clip(np.linalg.eigvalsh(gram.toarray())[::-1], 0.0, None))
-
 
 
 def plot(result: Any, file: str | os.PathLike) -> str:
@@ -91,8 +89,12 @@ def plot(result: Any, file: str | os.PathLike) -> str:
     never made dense, so a block with 10^5 columns plots in seconds.
 
     Example:
-        >>> plot(rayjac.load("results/quickstart"), "quickstart.png")  # doctest: +SKIP
-        'quickstart.png'
+        >>> import jax.numpy as jnp, rayjac, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> run = rayjac.store.write_result(folder + "/run", rayjac.jacfwd(jnp.sin).stream(
+        ...     (jnp.ones(3),)))
+        >>> plot(rayjac.load(run), folder + "/j.png").endswith("j.png")
+        True
     """
     import matplotlib
 
@@ -100,7 +102,8 @@ def plot(result: Any, file: str | os.PathLike) -> str:
     import matplotlib.pyplot as plt
 
     labels = block_labels(result.metadata.get("config", {}).get("jacfwd", {}))
-    leaves = blocks(result.jacobian)
+    points = getattr(result, "points", None)
+    leaves = blocks(result.jacobian if points is None else at_point(result.jacobian, 0))
     if not leaves:
         raise ValueError(f"{result.path} holds no Jacobian blocks to plot.")
     fig, axes = plt.subplots(len(leaves), 2, figsize=(10, 4 * len(leaves)), squeeze=False)
@@ -115,12 +118,12 @@ def plot(result: Any, file: str | os.PathLike) -> str:
             _draw_matrix(left, matrix, label)
             _draw_singular_values(right, matrix, label)
     name = result.metadata.get("config", {}).get("name", os.path.basename(result.path))
-    fig.suptitle(f"{name}: Jacobian blocks")
+    fig.suptitle(f"{name}: Jacobian blocks" + ("" if points is None else
+                                                f" at point 0 of {points}"))
     fig.tight_layout()
     fig.savefig(file, dpi=110)
     plt.close(fig)
     return os.fspath(file)
-
 
 
 def _out_ndims(result: Any) -> list[int]:
@@ -130,7 +133,6 @@ def _out_ndims(result: Any) -> list[int]:
     if stored and len(stored) == len(blocks(result.jacobian)):
         return [int(block["out_ndim"]) for block in stored]
     return _output_ndims(result)
-
 
 
 def _output_ndims(result: Any) -> list[int]:
@@ -144,7 +146,6 @@ def _output_ndims(result: Any) -> list[int]:
             for _, leaf in leaves]
 
 
-
 def _draw_matrix(ax: Any, matrix: np.ndarray, path: str) -> None:
     density = np.count_nonzero(matrix) / max(matrix.size, 1)
     if density < 0.2:
@@ -156,7 +157,6 @@ def _draw_matrix(ax: Any, matrix: np.ndarray, path: str) -> None:
                       interpolation="nearest")
     ax.figure.colorbar(image, ax=ax)
     ax.set_title(f"{path}: {matrix.shape[0]} x {matrix.shape[1]}")
-
 
 
 def _draw_pattern(ax: Any, matrix: sp.csr_array, path: str) -> None:
@@ -180,7 +180,6 @@ def _draw_pattern(ax: Any, matrix: sp.csr_array, path: str) -> None:
                                                 f"{counts.shape[1]} cells)")
 
 
-
 def _draw_top_singular_values(ax: Any, values: np.ndarray, shape: tuple[int, int],
                               path: str) -> None:
     r = min(shape)
@@ -201,7 +200,6 @@ def _draw_top_singular_values(ax: Any, values: np.ndarray, shape: tuple[int, int
         middle = math.sqrt(values[0] * low)
         ax.set_ylim(middle / math.sqrt(10), middle * math.sqrt(10))
     ax.grid(True, which="both", alpha=0.3)
-
 
 
 def _draw_singular_values(ax: Any, matrix: np.ndarray, path: str) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..sparsity import is_bcoo
-from ._blocks import block_labels, blocks, sparse_matrix
+from ..store._matrix import sparse_matrix
+from ._blocks import block_labels, blocks
 
 
 def summarize(result: Any) -> str:
@@ -19,12 +20,23 @@ def summarize(result: Any) -> str:
     and every block's nnz, with norms computed from the stored entries.
 
     Example:
-        >>> print(summarize(rayjac.load("results/quickstart")))  # doctest: +SKIP
+        >>> import jax.numpy as jnp, rayjac, tempfile
+        >>> run = rayjac.store.write_result(tempfile.mkdtemp() + "/run",
+        ...                                 rayjac.jacfwd(jnp.sin).stream((jnp.zeros(2),)))
+        >>> print(summarize(rayjac.load(run)))  # doctest: +ELLIPSIS
+        result   .../run
+        problem  ?  params null
+        jacobian arg 0                float32    (2, 2)             |.|_F 1.414  max|.| 1  nonzero 50.0%
+        timings  ...
+        versions rayjac ...
     """
     meta = result.metadata
     config = meta.get("config", {})
     lines = [f"result   {result.path}",
              f"problem  {config.get('problem', '?')}  params {json.dumps(config.get('params'))}"]
+    if getattr(result, "points", None) is not None:
+        lines.append(f"points   {result.points} (every leaf has a leading point axis; norms "
+                     "over all points)")
     sparsity = _sparsity_info(result)
     if sparsity is not None:
         lines.append("sparsity " + _sparsity_line(sparsity))
@@ -41,7 +53,6 @@ def summarize(result: Any) -> str:
     return "\n".join(lines)
 
 
-
 def _sparsity_info(result: Any) -> dict | None:
     """The pattern's description: the stored one, else one made from ``result.sparsity``."""
     info = result.metadata.get("sparsity")
@@ -53,7 +64,6 @@ def _sparsity_info(result: Any) -> dict | None:
             "density": pattern.nnz / (m * n) if m * n else 0.0, "times": dict(pattern.times)}
 
 
-
 def _sparsity_line(info: dict) -> str:
     times = info.get("times") or {}
     detect = times.get("detect_s")
@@ -62,7 +72,6 @@ def _sparsity_line(info: dict) -> str:
     color = "-" if color is None else f"{color:.3g} s"
     return (f"{tuple(info['shape'])}  nnz {info['nnz']}  density {info['density']:.3g}  "
             f"colours {info['num_colors']}  detect {detect}  colour {color}")
-
 
 
 def _leaf_line(leaf: Any) -> str:
@@ -78,7 +87,6 @@ def _leaf_line(leaf: Any) -> str:
             f"{float(mag.max()):.4g}  nonzero {np.count_nonzero(leaf) / leaf.size:.1%}")
 
 
-
 def _entries(block: Any) -> np.ndarray:
     """The values of a BCOO block's distinct entries (repeated indices summed, as BCOO does)."""
     if block.unique_indices:
@@ -86,10 +94,8 @@ def _entries(block: Any) -> np.ndarray:
     return sparse_matrix(block, block.ndim).data
 
 
-
 def _frobenius(values: np.ndarray) -> float:
     return float(np.linalg.norm(np.abs(values))) if values.size else 0.0
-
 
 
 def _max_abs(values: np.ndarray) -> float:

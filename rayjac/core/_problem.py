@@ -1,4 +1,5 @@
-"""What a job factory returns: a function, its arguments and its named Variables."""
+"""What a job factory returns: a function, its arguments and its named Variables, and (for a
+map over many points) which arguments and Variables carry the points."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ class Problem:
     """A function to differentiate, with its positional arguments and named Variables.
 
     Job factories (``make(**params)`` in a module of ``jobs/``) return one. ``variables`` names
-    the Variables that a config's ``jacfwd.grad_vars`` may refer to.
+    the Variables that a config's ``jacfwd.grad_vars`` may refer to. An ``in_axes`` that is not
+    None, or ``states``, makes the run a map over points (``jf.map``): ``in_axes`` says which
+    positional arguments carry the points along axis 0 (``0``, or one ``0``/``None`` per
+    argument); ``states`` maps variable names to arrays ``(B,) + v.shape`` whose rows are the
+    Variable's value at each point.
 
     Example:
         >>> import jax.numpy as jnp, rayjac
@@ -26,6 +31,13 @@ class Problem:
     func: Callable[..., Any]
     args: tuple = ()
     variables: dict[str, Variable] = dataclasses.field(default_factory=dict)
+    in_axes: Any = None
+    states: dict[str, Any] | None = None
+
+    @property
+    def is_map(self) -> bool:
+        """Whether the run computes the Jacobian at many points (``jf.map``)."""
+        return self.in_axes is not None or bool(self.states)
 
     def __post_init__(self):
         if not callable(self.func):
@@ -37,3 +49,8 @@ class Problem:
                 raise TypeError(
                     f"Problem.variables[{name!r}] must be a rayjac.Variable, got "
                     f"{type(var).__name__}. Wrap the array: rayjac.Variable(array).")
+        unknown = [name for name in self.states or {} if name not in self.variables]
+        if unknown:
+            raise ValueError(
+                f"Problem.states names {unknown}, which are not in Problem.variables "
+                f"({sorted(self.variables)}); key states by the names of variables.")

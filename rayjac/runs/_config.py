@@ -119,6 +119,9 @@ class ExecutionConfig(_Section):
     parallel_runs: PositiveInt | None = Field(
         None, description="a positive integer (sweep runs at once) or null (as many as the "
         "cluster fits)")
+    batch_size: PositiveInt | None = Field(
+        None, description="a positive integer (map runs: points per kernel call) or null (all "
+        "points of a shard at once)")
 
 
 class OutputConfig(_Section):

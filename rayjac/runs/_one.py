@@ -41,7 +41,7 @@ def run_one(config: Config, point: dict | None = None, *, max_workers: int | Non
     store.check_destination(config.output.path, config.output.overwrite)
     start = time.perf_counter()
     if config.execution.shards is not None:
-        engine().ensure_ray(config.execution.address)  # before the factory starts JAX (fork safety)
+        engine().ensure_ray(config.execution.address)  # before the factory starts JAX
     problem = load_problem(config.problem, config.params)
     options = config.jacfwd
     argnums = tuple(options.argnums) if isinstance(options.argnums, list) else options.argnums
@@ -50,11 +50,18 @@ def run_one(config: Config, point: dict | None = None, *, max_workers: int | Non
                 holomorphic=options.holomorphic, shards=config.execution.shards,
                 chunk_size=config.execution.chunk_size, sparsity=_sparsity(config))
     built = time.perf_counter()
-    stream = jf.stream(problem.args, {}, workers=_workers(config, max_workers))
+    workers = _workers(config, max_workers)
+    if problem.is_map:  # the Jacobian at every point: jf.map
+        states = {problem.variables[name]: values
+                  for name, values in (problem.states or {}).items()}
+        stream = jf.map_stream(problem.args, {}, in_axes=problem.in_axes, states=states or None,
+                               batch_size=config.execution.batch_size, workers=workers)
+    else:
+        stream = jf.stream(problem.args, {}, workers=workers)
     timings = {"factory_s": built - start, "primal_s": time.perf_counter() - built}
     return store.write_result(config.output.path, stream, format=config.output.format,
-                                 overwrite=config.output.overwrite,
-                                 metadata=_metadata(config, point, timings))
+                              overwrite=config.output.overwrite,
+                              metadata=_metadata(config, point, timings))
 
 
 def load_problem(ref: str, params: dict) -> Problem:

@@ -43,7 +43,14 @@ def submit(config: Config, address: str | None = None, *, wait: bool = False,
         ``(job_id, exit_code)``: 0 when submitted (or, with ``wait``, when the job succeeded).
 
     Example:
-        >>> job_id, code = submit(cfg, "http://127.0.0.1:8265", wait=True)  # doctest: +SKIP
+        A relative ``output.path`` is refused before anything is sent (the job's working
+        directory on the cluster is temporary):
+
+        >>> from rayjac.runs import parse_config
+        >>> submit(parse_config({"problem": "jobs.lorenz96:make"}), "http://127.0.0.1:8265")
+        Traceback (most recent call last):
+        ...
+        rayjac.runs._config.ConfigError: ...output.path: 'results/lorenz96' is relative...
     """
     _check_output_path(config)
     address = _resolve_address(address)

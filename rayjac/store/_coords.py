@@ -93,14 +93,14 @@ def read_pattern(table: pa.Table, colors: pa.Table, sparsity: dict
                  ) -> tuple[Sparsity, np.ndarray]:
     """The stored ``Sparsity`` (entries sorted) and the permutation from file order to it."""
     shape = tuple(sparsity["shape"])
-    rows, cols = (_column(table, name) for name, _ in INDEX)
+    rows, cols = (column(table, name) for name, _ in INDEX)
     keys = rows * max(shape[1], 1) + cols
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
     if keys.size != sparsity["nnz"] or (keys.size and (np.diff(keys) == 0).any()):
         raise ValueError(f"it holds {keys.size} entries ({keys.size - np.unique(keys).size} "
                          f"repeated); its metadata says {sparsity['nnz']} distinct ones")
-    pattern = Sparsity.from_sorted(rows[order], cols[order], shape, _column(colors, COLOR))
+    pattern = Sparsity.from_sorted(rows[order], cols[order], shape, column(colors, COLOR))
     pattern.times = dict(sparsity.get("times", {}))
     return pattern, order
 
@@ -110,11 +110,7 @@ def read_blocks(table: pa.Table, sparsity: dict, pattern: Sparsity, order: np.nd
     """The BCOO blocks in the jacfwd structure, each leaf's values in its own dtype."""
     from jax.experimental import sparse
 
-    if len(sparsity["value_columns"]) == 2:
-        values = _column(table, _REAL) + 1j * _column(table, _IMAG)
-    else:
-        values = _column(table, "value")
-    values = values[order]
+    values = stored_values(table, sparsity)[order]
     plan = SparsePlan.build(pattern, layout)
     blocks = []
     for k, (out_shape, dtype) in enumerate(zip(layout.out_shapes, layout.out_dtypes)):
@@ -127,7 +123,14 @@ def read_blocks(table: pa.Table, sparsity: dict, pattern: Sparsity, order: np.nd
     return layout.structure(blocks)
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
+def stored_values(table: pa.Table, sparsity: dict) -> np.ndarray:
+    """The value column(s) in file order (complex when stored as real and imaginary parts)."""
+    if len(sparsity["value_columns"]) == 2:
+        return column(table, _REAL) + 1j * column(table, _IMAG)
+    return column(table, "value")
+
+
+def column(table: pa.Table, name: str) -> np.ndarray:
     """A column as numpy: a view of the file when it is one chunk, else one copy."""
     column = table.column(name)
     if column.num_chunks == 1:

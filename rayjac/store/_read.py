@@ -17,8 +17,10 @@ import pyarrow.fs as pafs
 
 from . import _coords
 from . import _folders
+from . import _points
 from . import _treespec as ts
 from ._formats import FORMATS
+from ._matrix import flat_matrix
 from ._schema import SCHEMA
 
 
@@ -36,6 +38,8 @@ class Result:
       path: the folder it was loaded from.
       sparsity: the ``rayjac.Sparsity`` of a sparse result (its blocks are BCOO arrays);
         ``None`` for a dense result.
+      points: ``B`` for a result of many points (``jf.map``: every leaf has a leading axis
+        of length B, sparse blocks are BCOO with ``n_batch == 1``); ``None`` for one point.
 
     Example:
       >>> import jax.numpy as jnp, rayjac, tempfile
@@ -52,6 +56,24 @@ class Result:
     metadata: dict
     path: str
     sparsity: Any = None
+    points: int | None = None
+
+    def matrix(self, point: int | None = None) -> Any:
+        """The flat Jacobian ``(m, n)`` in ``rayjac.Sparsity``'s order (output leaves, each
+        flattened; then grad_vars leaves and argnums leaves): a ``scipy.sparse`` CSR array for
+        a sparse result, a numpy array for a dense one. A map result needs ``point``.
+
+        Example:
+          >>> import jax.numpy as jnp, rayjac, tempfile
+          >>> folder = tempfile.mkdtemp() + "/run"
+          >>> jf = rayjac.jacfwd(lambda x, y: x * y, argnums=(0, 1), sparsity="auto")
+          >>> _ = rayjac.store.write_result(folder, jf.stream((jnp.ones(2), jnp.arange(2.0))))
+          >>> rayjac.load(folder).matrix().toarray()
+          array([[0., 0., 1., 0.],
+                 [0., 1., 0., 1.]], dtype=float32)
+        """
+        return flat_matrix(self.jacobian, self.metadata["jacobian"]["blocks"], self.points,
+                           point)
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={_summary(getattr(self, k))}" for k in ("jacobian", "value", "aux"))
@@ -104,21 +126,27 @@ def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) 
     jac_file, value_aux_file, _ = SCHEMA.files(desc["format"])
     table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown)
     jac = _check_description(_table_description(table, shown, jac_file), shown, jac_file)
+    points, layout = jac.get("points"), ts.layout_from_json(jac["jacobian"])
     pattern = None
-    if jac.get("kind") == "sparse":
-        pattern, order = _read_pattern(fs, root, table, jac, shown)
-        with _reading(shown, jac_file):
-            jacobian = _coords.read_blocks(table, jac["sparsity"], pattern, order,
-                                           ts.layout_from_json(jac["jacobian"]))
-    else:
-        with _reading(shown, jac_file):
-            jacobian = ts.layout_from_json(jac["jacobian"]).assemble(
-                ts.read_rows(table, jac["jacobian"]), xp=np)
+    with _reading(shown, jac_file):
+        if jac.get("kind") == "sparse":
+            pattern, order = _read_pattern(fs, root, table, jac, shown)
+            jacobian = (_coords.read_blocks(table, jac["sparsity"], pattern, order, layout)
+                        if points is None else _points.read_sparse(
+                            table, jac["sparsity"], pattern, order, layout, points))
+        elif points is None:
+            jacobian = layout.assemble(ts.read_rows(table, jac["jacobian"]), xp=np)
+        else:
+            jacobian = _points.read_dense(table, jac["jacobian"], points)
     parts = _read_table(fs, f"{root}/{value_aux_file}", desc["format"], shown)
     with _reading(shown, value_aux_file):
-        batch = parts.to_batches()[0] if parts.num_rows else None
-        value, aux = (ts.read_tree(batch, desc[part]) for part in ("value", "aux"))
-    return Result(jacobian, value, aux, desc, shown, pattern)
+        if points is None:
+            batch = parts.to_batches()[0] if parts.num_rows else None
+            value, aux = (ts.read_tree(batch, desc[part]) for part in ("value", "aux"))
+        else:
+            value, aux = (_points.read_tree(parts, desc[part], points)
+                          for part in ("value", "aux"))
+    return Result(jacobian, value, aux, desc, shown, pattern, points)
 
 
 def read_sparsity(path: str | os.PathLike, *,
@@ -145,7 +173,8 @@ def read_sparsity(path: str | os.PathLike, *,
         raise ResultError(f"{shown} holds a dense result, which has no sparsity pattern; "
                            "name the folder of a run with jacfwd.sparsity set.")
     jac_file = SCHEMA.files(desc["format"])[0]
-    table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown, columns=["row", "col"])
+    columns = ["row", "col"] + (["point"] if desc.get("points") is not None else [])
+    table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown, columns=columns)
     return _read_pattern(fs, root, table, desc, shown)[0]
 
 
@@ -153,6 +182,8 @@ def _read_pattern(fs, root: str, table: pa.Table, desc: dict, shown: str) -> tup
     colors_file = SCHEMA.colors_file(desc["format"])
     colors = _read_table(fs, f"{root}/{colors_file}", desc["format"], shown)
     with _reading(shown, SCHEMA.files(desc["format"])[0]):
+        if desc.get("points") is not None:
+            return _points.read_pattern(table, colors, desc["sparsity"], desc["points"])
         return _coords.read_pattern(table, colors, desc["sparsity"])
 
 

@@ -20,7 +20,7 @@ from ._formats import FORMATS
 class Schema:
     """The names a result folder uses (the README documents each file)."""
 
-    version: int = 2  # the newest this rayjac reads: dense results are 1, sparse ones 2
+    version: int = 3  # the newest this rayjac reads: dense 1, sparse 2, many points 3
     key: str = "rayjac"  # schema-metadata key of every file's JSON description
     index: tuple = ts.INDEX  # the Jacobian table's first columns, then out_0, out_1, ...
     jacobian: str = "jacobian"

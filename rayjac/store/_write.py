@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from . import _coords
+from . import _points
 from . import _folders
 from . import _treespec as ts
 from ._formats import FORMATS
@@ -132,13 +133,13 @@ def holds_result(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None 
 
 def _describe(stream: Any, fmt: str, extra: dict) -> dict:
     """The JSON description kept in every file's schema metadata and in ``metadata.json``."""
-    plan = getattr(stream, "plan", None)
-    desc = {**extra, "schema_version": 1 if plan is None else 2, "format": fmt,
-            "kind": "dense" if plan is None else "sparse",
+    plan, points = getattr(stream, "plan", None), getattr(stream, "points", None)
+    tree = ts.describe_tree if points is None else _points.describe_tree
+    desc = {**extra, "schema_version": 3 if points else 1 if plan is None else 2,
+            "format": fmt, "kind": "dense" if plan is None else "sparse", "points": points,
             "files": dict(zip(("jacobian", "value_aux", "metadata"), SCHEMA.files(fmt))),
             "encodings": ts.ENCODINGS, "jacobian": ts.describe_layout(stream.layout),
-            "value": ts.describe_tree(stream.value, "value"),
-            "aux": ts.describe_tree(stream.aux, "aux")}
+            "value": tree(stream.value, "value"), "aux": tree(stream.aux, "aux")}
     desc["jacobian"]["blocks"] = _blocks(stream.layout, plan)
     if plan is not None:
         desc["files"]["colors"] = SCHEMA.colors_file(fmt)
@@ -183,75 +184,82 @@ def _versions() -> dict:
 def _write_files(fs, folder: str, stream: Any, desc: dict) -> None:
     jac_file, value_aux_file, meta_file = SCHEMA.files(desc["format"])
     start = time.perf_counter()
-    plan = getattr(stream, "plan", None)
+    plan, points = getattr(stream, "plan", None), desc.get("points")
     if plan is not None:
         colors = _coords.colors_table(plan.pattern, _metadata(desc))
         with _table_writer(fs, f"{folder}/{desc['files']['colors']}", colors.schema,
                            desc["format"]) as writer:
             writer.write_table(colors)
+    items = stream.shards if points is None else stream.parts
     try:
-        write = _write_jacobian if plan is None else _write_coordinates
-        timings = write(fs, f"{folder}/{jac_file}", stream, desc)
+        timings = _write_jacobian(fs, f"{folder}/{jac_file}", stream, items, desc)
     finally:  # on failure, lets a generator of shards (the engine) cancel its work
-        getattr(stream.shards, "close", lambda: None)()
+        getattr(items, "close", lambda: None)()
     desc["timings"].update(timings, write_total_s=time.perf_counter() - start)
     leaves = [leaf for part in ("value", "aux") if desc[part] for leaf in desc[part]["leaves"]]
     schema = ts.table_schema(leaves, _metadata(desc), index=False)
+    trees = [stream.value, stream.aux]
+    if points is not None:
+        schema = _points.with_point(schema)
+        batch = _points.tree_batch(schema, leaves, trees, points)
+    else:
+        batch = ts.tree_batch(schema, leaves, trees)
     with _table_writer(fs, f"{folder}/{value_aux_file}", schema, desc["format"]) as writer:
-        batch = ts.tree_batch(schema, leaves, [stream.value, stream.aux])
         if batch is not None:
             writer.write_batch(batch)
     with fs.open_output_stream(f"{folder}/{meta_file}") as out:
         out.write(json.dumps(desc, indent=2).encode())
 
 
-def _write_jacobian(fs, file: str, stream: Any, desc: dict) -> dict:
-    """Writes each shard as it arrives; returns the time spent waiting for shards and writing."""
-    jac = desc["jacobian"]
-    schema = ts.table_schema(jac["outputs"], _metadata(desc), index=True)
-    covered = np.zeros(jac["columns"], dtype=bool)
+def _write_jacobian(fs, file: str, stream: Any, items: Any, desc: dict) -> dict:
+    """Writes each shard (or part of a map) as it arrives; returns the time spent waiting for
+    them and writing."""
+    schema, to_batch, check = _codec(stream, desc)
     waited = written = 0.0
     with _table_writer(fs, file, schema, desc["format"]) as writer:
         ready = time.perf_counter()
-        for start, rows in stream.shards:
+        for item in items:
             arrived = time.perf_counter()
-            batch = ts.shard_batch(schema, stream.layout, jac["outputs"], covered, start, rows)
+            batch = to_batch(item)
             if batch.num_rows:
                 writer.write_batch(batch)
-            del batch, rows  # hold no shard while waiting for the next one
+            del batch, item  # hold nothing while waiting for the next one
             waited += arrived - ready
             ready = time.perf_counter()
             written += ready - arrived
-    if not covered.all():
-        raise ValueError(f"The shards covered {int(covered.sum())} of the {covered.size} "
-                         "tangent columns; the result is incomplete and was not written.")
+    check()
     return {"shards_wait_s": waited, "jacobian_write_s": written}
 
 
-def _write_coordinates(fs, file: str, stream: Any, desc: dict) -> dict:
-    """The sparse twin of ``_write_jacobian``: each shard's entries, one batch as it arrives."""
-    plan = stream.plan
-    schema = _coords.table_schema(desc["sparsity"], _metadata(desc))
-    covered = np.zeros(plan.num_colors, dtype=bool)
-    waited = written = 0.0
-    entries = 0
-    with _table_writer(fs, file, schema, desc["format"]) as writer:
-        ready = time.perf_counter()
-        for shard in stream.shards:
-            arrived = time.perf_counter()
-            batch = _coords.shard_batch(schema, plan, covered, shard)
-            if batch.num_rows:
-                writer.write_batch(batch)
-            entries += batch.num_rows
-            del batch, shard  # hold no shard while waiting for the next one
-            waited += arrived - ready
-            ready = time.perf_counter()
-            written += ready - arrived
-    if not covered.all() or entries != plan.pattern.nnz:
-        raise ValueError(f"The shards covered {int(covered.sum())} of the {covered.size} "
-                         f"colours ({entries} of {plan.pattern.nnz} entries); the result is "
-                         "incomplete and was not written.")
-    return {"shards_wait_s": waited, "jacobian_write_s": written}
+def _codec(stream: Any, desc: dict) -> tuple[Any, Any, Any]:
+    """The Jacobian table's schema, the batch of one shard or part, and the final check that
+    every column (colour) of every point arrived."""
+    jac, plan, points = desc["jacobian"], stream.plan, desc.get("points")
+    units = jac["columns"] if plan is None else plan.num_colors
+    covered = np.zeros(units if points is None else (points, units), dtype=bool)
+    if plan is None:
+        schema = ts.table_schema(jac["outputs"], _metadata(desc), index=True)
+        if points is None:
+            to_batch = lambda shard: ts.shard_batch(  # noqa: E731
+                schema, stream.layout, jac["outputs"], covered, *shard)
+        else:
+            schema = _points.with_point(schema)
+            to_batch = functools.partial(_points.dense_batch, schema, stream.layout,
+                                         jac["outputs"], covered)
+    else:
+        schema = _coords.table_schema(desc["sparsity"], _metadata(desc))
+        batch_of = _coords.shard_batch if points is None else _points.sparse_batch
+        schema = schema if points is None else _points.with_point(schema)
+        to_batch = functools.partial(batch_of, schema, plan, covered)
+
+    def check() -> None:
+        if not covered.all():
+            what = "tangent columns" if plan is None else "colours"
+            what = what if points is None else f"(point, {what[:-1]}) pairs"
+            raise ValueError(f"The shards covered {int(covered.sum())} of the {covered.size} "
+                             f"{what}; the result is incomplete and was not written.")
+
+    return schema, to_batch, check
 
 
 def _table_writer(fs, file: str, schema, fmt: str) -> Any:
