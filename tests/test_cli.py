@@ -142,3 +142,33 @@ def test_python_dash_m_prints_no_traceback(workdir):
         assert proc.returncode == code, proc.stderr
         assert "Traceback" not in proc.stderr
         assert proc.stderr.startswith(f"rayjac {argv[0]}: error: ")
+
+
+_LOADED = """
+import sys
+from rayjac.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("jax", "ray", "pyarrow", "matplotlib", "scipy") if m in sys.modules)
+print("LOADED", heavy)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0), (["run", "--help"], 0), (["run", "missing.yaml"], 2),
+    (["run", "bad.yaml"], 2), (["run", "bad.yaml", "--set", "execution.shards=0"], 2),
+])
+def test_help_and_config_errors_come_before_jax_and_ray_load(workdir, argv, code):
+    write(workdir / "bad.yaml", "problem: jobs.lorenz96:make\nexecution: {shard: 2}\n")
+    done = subprocess.run([sys.executable, "-c", _LOADED, *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert "LOADED []" in done.stdout
+
+
+def test_import_rayjac_loads_names_on_first_use():
+    done = subprocess.run([sys.executable, "-c", "import sys, rayjac; before = 'jax' in "
+                           "sys.modules; f = rayjac.jacfwd; print(before, 'jax' in sys.modules,"
+                           " sorted(rayjac.__all__) == sorted(set(dir(rayjac)) & set("
+                           "rayjac.__all__)))"], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True", "True"], done.stderr

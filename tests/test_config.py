@@ -42,7 +42,7 @@ def test_config_is_frozen():
 
 
 @pytest.mark.parametrize("raw, path, words", [
-    ({"foo": 1}, "foo", "valid keys: name, problem, params, jacfwd, execution, output, sweep"),
+    ({"foo": 1}, "foo", "valid keys: name, problem, params, jacfwd, execution, output, analysis, sweep"),
     ({"execution": {"shard": 2}}, "execution.shard",
      "valid keys: shards, chunk_size, num_cpus, num_gpus, address, parallel_runs, batch_size"),
     ({"jacfwd": {"grad_var": "x"}}, "jacfwd.grad_var",

@@ -15,7 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Keeps the sweep's grid small; every other shipped config runs as it is.
 SMALL = {"lorenz96_sweep.yaml": ["sweep.params.n=[8, 12]"],
-         "lorenz96_sparse.yaml": ["params.n=64"], "gray_scott_sparse.yaml": ["params.n=12"]}
+         "lorenz96_sparse.yaml": ["params.n=64"], "gray_scott_sparse.yaml": ["params.n=12"],
+         "rate_network_map.yaml": ["params.n=64", "params.p_connect=0.1", "params.points=6",
+                                   "execution.batch_size=4"],
+         "rate_network_stability.yaml": ["params.n=64", "params.p_connect=0.1",
+                                         "sweep.params.gain=[0.9, 1.1]"]}
 
 
 @pytest.fixture
@@ -54,10 +58,16 @@ def test_config_runs_in_process(path, in_repo, tmp_path):
     for _, _, run_config in expand_sweep(config):
         result = load(run_config.output.path)
         problem = load_problem(run_config.problem, run_config.params)
-        out = jax.eval_shape(problem.func, *problem.args)
-        assert (result.sparsity is not None) == (run_config.jacfwd.sparsity is not None)
+        kept = run_config.analysis.keep_jacobian
+        assert (result.spectrum is not None) == (run_config.analysis.spectrum is not None)
+        assert (result.jacobian is not None) == kept
+        assert (result.sparsity is not None) == (run_config.jacfwd.sparsity is not None and kept)
+        assert result.points == (len(next(iter(problem.states.values())))
+                                 if problem.states else None)
+        out = jax.eval_shape(problem.func, *problem.args) if not problem.is_map else None
         for leaf in jax.tree_util.tree_leaves(result.jacobian, is_leaf=_is_bcoo):
-            assert leaf.shape[:out.ndim] == out.shape
+            if out is not None:
+                assert leaf.shape[:out.ndim] == out.shape
             assert np.all(np.isfinite(leaf.data if _is_bcoo(leaf) else leaf))
 
 

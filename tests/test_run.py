@@ -228,7 +228,7 @@ def test_sweep_refuses_to_skip_a_result_from_another_config(job, tmp_path):
     changed = sweep_config(module, counter, scale=2.0)
     records = run(changed)
     assert {r.status for r in records} == {"failed"}
-    assert "computed from another problem, params or jacfwd options" in records[0].error
+    assert "computed from another problem, params, jacfwd or analysis options" in records[0].error
     assert calls(counter) == 6
     overwrite = config(module, params={"counter": str(counter), "scale": 2.0},
                        output={"path": "sweep", "overwrite": True},

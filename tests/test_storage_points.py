@@ -177,3 +177,31 @@ def test_a_map_table_that_lost_rows_is_a_clear_error(tmp_path):
     os.replace(path + ".new", path)
     with pytest.raises(ResultError, match=r"jacobian.arrow is truncated or corrupt .*3 points"):
         load(folder)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("sparsity", [None, "auto"])
+def test_pyarrow_and_scipy_alone_rebuild_point_i(tmp_path, fmt, sparsity):
+    import subprocess
+    import sys
+
+    import scipy.sparse as sp
+
+    from helpers import readme_recipe
+
+    xs = jax.random.normal(jax.random.key(4), (4, 9))
+    folder = write_result(tmp_path / "r", _stream(_two_leaves, xs, sparsity, _rects_mixed),
+                          format=fmt)
+    driver = readme_recipe("points recipe:", """
+        import sys
+        matrix = jacobian_at(sys.argv[1], int(sys.argv[2]))
+        assert "rayjac" not in sys.modules and "jax" not in sys.modules
+        dense = matrix.toarray() if scipy.sparse.issparse(matrix) else matrix
+        np.save(sys.argv[3], dense)
+    """)
+    out = tmp_path / "m.npy"
+    subprocess.run([sys.executable, "-c", driver, folder, "2", str(out)], check=True,
+                   cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    np.testing.assert_allclose(np.load(out), _flat_jacobians(_two_leaves, xs)[2], rtol=1e-6,
+                               atol=1e-6)
+    assert sp.issparse(load(folder).matrix(point=2)) == (sparsity is not None)

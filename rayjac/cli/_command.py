@@ -9,10 +9,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from ..runs import ConfigError, load_config, run, submit
-from ..store import SCHEMA, is_uri, load
-from ._plot import plot
-from ._show import summarize
+from ..runs._config import ConfigError, load_config
 
 _EPILOG = """examples:
   rayjac run configs/quickstart.yaml
@@ -81,18 +78,24 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="summarise a result (or a sweep's runs)")
     show.add_argument("result", metavar="RESULT", help="a result folder or a sweep folder")
     show.set_defaults(handler=_show)
-    plot = sub.add_parser("plot", help="draw each Jacobian block and its singular values")
-    plot.add_argument("result", metavar="RESULT", help="a result folder")
+    plot = sub.add_parser("plot", help="draw each Jacobian block, its singular values and its "
+                          "spectrum (or a sweep's stability diagram)")
+    plot.add_argument("result", metavar="RESULT", help="a result folder or a sweep folder")
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png", help="image file")
     plot.set_defaults(handler=_plot)
     return parser
 
+
+# The handlers import what they need when they run: the arguments and the config are checked
+# first, in a fraction of a second, before JAX and Ray load (seconds).
 
 def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"execution.address={json.dumps(args.address)}")
     config = load_config(args.config, overrides)
+    from ..runs import run
+
     try:
         records = run(config)  # progress on stderr: a live bar on a terminal, else lines
     except ConfigError as err:  # found while running (factory, grad_vars): name the file too
@@ -108,12 +111,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    from ..runs import submit
+
     _, code = submit(config, args.address, wait=args.wait, say=lambda line: print(line,
                                                                                   flush=True))
     return code
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ..store import SCHEMA, is_uri, load
+    from ._show import summarize
+
     table = os.path.join(args.result, SCHEMA.runs_table)
     if not is_uri(args.result) and os.path.exists(table):
         import pyarrow.parquet as pq
@@ -125,6 +133,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from ..store import SCHEMA, is_uri, load
+    from ._plot import plot
+    from ._spectra import plot_sweep
+
+    if not is_uri(args.result) and os.path.exists(os.path.join(args.result,
+                                                               SCHEMA.runs_table)):
+        print(f"wrote {plot_sweep(args.result, args.output)}")
+        return 0
     print(f"wrote {plot(load(args.result), args.output)}")
     return 0
 

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from ..sparsity import is_bcoo
 from ..store._matrix import sparse_matrix
 from ._blocks import as_matrix, at_point, block_labels, blocks
+from ._spectra import draw_spectrum
 
 _SVD_MAX = 4096  # singular values of larger dense blocks would take minutes; plot them subsampled
 _BINS = 300  # image cells per axis (at most) for a sparse block: each gets >= 1 pixel of a panel
@@ -103,10 +104,18 @@ def plot(result: Any, file: str | os.PathLike) -> str:
 
     labels = block_labels(result.metadata.get("config", {}).get("jacfwd", {}))
     points = getattr(result, "points", None)
-    leaves = blocks(result.jacobian if points is None else at_point(result.jacobian, 0))
-    if not leaves:
+    spectrum = getattr(result, "spectrum", None)
+    jacobian = result.jacobian
+    leaves = blocks(jacobian if points is None or jacobian is None else at_point(jacobian, 0))
+    if not leaves and spectrum is None:
         raise ValueError(f"{result.path} holds no Jacobian blocks to plot.")
-    fig, axes = plt.subplots(len(leaves), 2, figsize=(10, 4 * len(leaves)), squeeze=False)
+    rows = len(leaves) + (spectrum is not None)
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 4 * rows), squeeze=False)
+    if spectrum is not None:
+        system = result.metadata.get("analysis", {}).get("system", "continuous")
+        fig.delaxes(axes[-1][1])
+        what = "every point's eigenvalues" if points else "eigenvalues"
+        draw_spectrum(axes[-1][0], spectrum, system, f"{what} ({system})")
     for (path, leaf), ndim, (left, right) in zip(leaves, _out_ndims(result), axes):
         label = labels.get(path, path)
         if is_bcoo(leaf):
@@ -118,8 +127,9 @@ def plot(result: Any, file: str | os.PathLike) -> str:
             _draw_matrix(left, matrix, label)
             _draw_singular_values(right, matrix, label)
     name = result.metadata.get("config", {}).get("name", os.path.basename(result.path))
-    fig.suptitle(f"{name}: Jacobian blocks" + ("" if points is None else
-                                                f" at point 0 of {points}"))
+    title = "Jacobian blocks" if leaves else "spectrum"
+    fig.suptitle(f"{name}: {title}" + ("" if points is None or not leaves else
+                                       f" at point 0 of {points}"))
     fig.tight_layout()
     fig.savefig(file, dpi=110)
     plt.close(fig)

@@ -37,6 +37,8 @@ def summarize(result: Any) -> str:
     if getattr(result, "points", None) is not None:
         lines.append(f"points   {result.points} (every leaf has a leading point axis; norms "
                      "over all points)")
+    if getattr(result, "stability", None) is not None:
+        lines.append("spectrum " + _stability_line(result))
     sparsity = _sparsity_info(result)
     if sparsity is not None:
         lines.append("sparsity " + _sparsity_line(sparsity))
@@ -51,6 +53,17 @@ def summarize(result: Any) -> str:
     versions = meta.get("versions", {})
     lines.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return "\n".join(lines)
+
+
+def _stability_line(result: Any) -> str:
+    """How many points are stable, and the largest abscissa and radius computed."""
+    table, analysis = result.stability, result.metadata.get("analysis", {})
+    stable = int(np.count_nonzero(table.column("stable").to_numpy(zero_copy_only=False)))
+    count = np.shape(result.spectrum)[-1]
+    return (f"{analysis.get('system', '?')}, {count} eigenvalues per point "
+            f"({analysis.get('spectrum')}); stable at {stable} of {table.num_rows} points; "
+            f"largest abscissa {np.max(table.column('abscissa').to_numpy()):.6g}, "
+            f"largest radius {np.max(table.column('radius').to_numpy()):.6g}")
 
 
 def _sparsity_info(result: Any) -> dict | None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline, unlike $
 _PROBLEM = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*\Z")
 _SWEEPABLE = ("problem", "params", "jacfwd", "execution")
-_SECTIONS = ("params", "jacfwd", "execution", "output")
+_SECTIONS = ("params", "jacfwd", "execution", "output", "analysis")
 # YAML 1.1 reads 1e-3 and 1.0e3 as strings; YAML 1.2 (and JSON) read them as floats.
 _FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
@@ -132,6 +132,18 @@ class OutputConfig(_Section):
     overwrite: bool = Field(False, description="true or false")
 
 
+class AnalysisConfig(_Section):
+    """What to keep of each point's Jacobian: its spectrum, and whether the Jacobian too."""
+
+    spectrum: Literal["all"] | PositiveInt | None = Field(
+        None, description="null (no spectrum), 'all' (every eigenvalue) or a positive integer "
+        "k (the k leading ones)")
+    system: Literal["continuous", "discrete"] = Field(
+        "continuous", description="'continuous' (stable: every Re < 0) or 'discrete' (stable: "
+        "every |.| < 1)")
+    keep_jacobian: bool = Field(True, description="true or false")
+
+
 class Config(_Section):
     """One job: the problem factory, its parameters, jacfwd options, execution and output.
 
@@ -150,6 +162,7 @@ class Config(_Section):
     jacfwd: JacfwdConfig = Field(default_factory=JacfwdConfig, description="a mapping")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="a mapping")
     output: OutputConfig = Field(description="a mapping")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="a mapping")
     sweep: dict[str, list[Any]] | None = Field(None, description="a mapping of dotted keys to "
                                                "non-empty lists of values, or null")
 

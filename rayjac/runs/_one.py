@@ -9,9 +9,12 @@ import sys
 import time
 from typing import Any
 
-from .._jacobian import jacfwd
-from ..core._problem import Problem
+import jax
+
 from .. import store
+from .._jacobian import jacfwd
+from ..analysis._jobs import Analysis
+from ..core._problem import Problem
 from ._config import Config, ConfigError
 
 
@@ -49,6 +52,7 @@ def run_one(config: Config, point: dict | None = None, *, max_workers: int | Non
                 has_aux=options.has_aux, return_value=options.return_value,
                 holomorphic=options.holomorphic, shards=config.execution.shards,
                 chunk_size=config.execution.chunk_size, sparsity=_sparsity(config))
+    analysis = _analysis(config, problem, jf)  # its problems are config errors, before work
     built = time.perf_counter()
     workers = _workers(config, max_workers)
     if problem.is_map:  # the Jacobian at every point: jf.map
@@ -58,6 +62,7 @@ def run_one(config: Config, point: dict | None = None, *, max_workers: int | Non
                                batch_size=config.execution.batch_size, workers=workers)
     else:
         stream = jf.stream(problem.args, {}, workers=workers)
+    stream.analysis = analysis
     timings = {"factory_s": built - start, "primal_s": time.perf_counter() - built}
     return store.write_result(config.output.path, stream, format=config.output.format,
                               overwrite=config.output.overwrite,
@@ -131,6 +136,27 @@ def _sparsity(config: Config) -> Any:
                            f"a sparse rayjac result: {err}"]) from None
     pattern.times = {"read_s": time.perf_counter() - start}  # this run's, not the original's
     return pattern
+
+
+def _analysis(config: Config, problem: Problem, jf: Any) -> Analysis | None:
+    """The run's ``analysis`` (None without a spectrum), checked against the flat Jacobian's
+    shape, which tracing the function at its first point gives (no JVP runs)."""
+    section = config.analysis
+    if section.spectrum is None:
+        return None
+    analysis = Analysis(None if section.spectrum == "all" else section.spectrum, section.system,
+                        section.keep_jacobian)
+    args = problem.args
+    if problem.is_map:
+        axes = problem.in_axes
+        axes = [axes] * len(args) if not isinstance(axes, (tuple, list)) else axes
+        args = tuple(jax.tree_util.tree_map(lambda a: a[0], x) if axis == 0 else x
+                     for x, axis in zip(args, axes))
+    m, n = jf.flat_shape(*args)
+    problems = analysis.check(m, n, config.jacfwd.sparsity is not None)
+    if problems:
+        raise ConfigError(problems)
+    return analysis
 
 
 def _workers(config: Config, max_workers: int | None) -> Any:

@@ -7,12 +7,13 @@ import dataclasses
 import os
 from typing import Callable, Sequence
 
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from .._progress import SweepProgress
 from ..store import _folders
 from .. import store
-from ._config import Config, load_config
+from ._config import AnalysisConfig, Config, load_config
 from ._grid import SweepRun, expand_sweep
 from ._lock import sweep_lock
 from ._one import engine, run_one
@@ -29,6 +30,9 @@ class RunRecord:
         status: ``"done"`` or ``"failed"``.
         error: ``None``, or the error message of a failed run.
         path: the run's folder (relative to the sweep folder in a sweep).
+        stability: for a done run with an ``analysis`` spectrum, ``{"abscissa": largest real
+            part, "radius": largest modulus, "stable": every point stable}`` over its points;
+            else ``None``.
     """
 
     run_id: str
@@ -36,6 +40,7 @@ class RunRecord:
     status: str
     error: str | None
     path: str
+    stability: dict | None = None
 
 
 def run(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
@@ -127,11 +132,23 @@ def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
             if error is None and not store.holds_result(run_config.output.path):
                 error = _not_here(run_config.output.path)
             records[index] = RunRecord(run_id, point, "failed" if error else "done", error,
-                                       run_id)
+                                       run_id, None if error else _stability(run_config))
             write_runs_table(folder, [records[i] for i in sorted(records)], types)
             show.finished(run_id, records[index].status,
                           f"FAILED: {error}" if error else f"done in {seconds:.1f} s")
     return [records[i] for i in range(len(runs))]
+
+
+def _stability(config: Config) -> dict | None:
+    """A done run's stability over its points, for its row of ``runs.parquet``."""
+    if config.analysis.spectrum is None:
+        return None
+    table = store.read_stability(config.output.path)
+    if table is None:
+        return None
+    return {"abscissa": float(pc.max(table.column("abscissa")).as_py()),
+            "radius": float(pc.max(table.column("radius")).as_py()),
+            "stable": bool(pc.all(table.column("stable")).as_py())}
 
 
 def _not_here(path: str) -> str:
@@ -147,7 +164,8 @@ def _decided(sweep_run: SweepRun, overwrite: bool) -> tuple[RunRecord, str] | No
     run_id, point, config = sweep_run
     state, why = ("redo", None) if overwrite else _stored_state(config)
     if state == "done":
-        return RunRecord(run_id, point, "done", None, run_id), "done already, skipped"
+        return (RunRecord(run_id, point, "done", None, run_id, _stability(config)),
+                "done already, skipped")
     if state == "kept":
         error = (f"FileExistsError: {config.output.path} holds a result {why}; set "
                  "output.overwrite: true to recompute it, or choose another output.path")
@@ -181,8 +199,10 @@ def _stored_state(config: Config) -> tuple[str, str | None]:
             return "redo", None
         return "kept", f"that cannot be read ({type(err).__name__}: {err}); it is kept"
     current = config.model_dump(mode="json")
-    if all(stored.get(key) == current[key] for key in ("problem", "params", "jacfwd")):
+    defaults = {"analysis": AnalysisConfig().model_dump(mode="json")}  # results older than it
+    if all(stored.get(key, defaults.get(key)) == current[key]
+           for key in ("problem", "params", "jacfwd", "analysis")):
         return "done", None
-    return "kept", "computed from another problem, params or jacfwd options"
+    return "kept", "computed from another problem, params, jacfwd or analysis options"
 
 

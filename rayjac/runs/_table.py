@@ -33,6 +33,10 @@ def write_runs_table(folder: str, records: list, types: dict) -> None:
                         else pa.array([json.dumps(v) for v in values], pa.string()))
     for name in ("status", "error", "path"):
         columns[name] = pa.array([getattr(r, name) for r in records], pa.string())
+    if any(r.stability for r in records):  # runs with a spectrum: the stability diagram
+        for name, type_ in (("abscissa", pa.float64()), ("radius", pa.float64()),
+                            ("stable", pa.bool_())):
+            columns[name] = pa.array([(r.stability or {}).get(name) for r in records], type_)
     _write_atomic(pa.table(columns), f"{folder.rstrip('/')}/{RUNS_TABLE}")
 
 

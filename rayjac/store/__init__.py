@@ -12,6 +12,7 @@ from ._read import Result as Result
 from ._read import ResultError as ResultError
 from ._read import load as load
 from ._read import read_sparsity as read_sparsity
+from ._read import read_stability as read_stability
 from ._schema import SCHEMA as SCHEMA
 from ._write import check_destination as check_destination
 from ._write import holds_result as holds_result
@@ -19,4 +20,4 @@ from ._write import result_path as result_path
 from ._write import write_result as write_result
 
 __all__ = ["FORMATS", "Format", "Result", "ResultError", "SCHEMA", "check_destination",
-           "holds_result", "is_uri", "load", "read_sparsity", "result_path", "write_result"]
+           "holds_result", "is_uri", "load", "read_sparsity", "read_stability", "result_path", "write_result"]

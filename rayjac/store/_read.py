@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 from . import _coords
 from . import _folders
 from . import _points
+from . import _spectra
 from . import _treespec as ts
 from ._formats import FORMATS
 from ._matrix import flat_matrix
@@ -40,6 +41,11 @@ class Result:
         ``None`` for a dense result.
       points: ``B`` for a result of many points (``jf.map``: every leaf has a leading axis
         of length B, sparse blocks are BCOO with ``n_batch == 1``); ``None`` for one point.
+      spectrum: with an ``analysis`` section, the eigenvalues of each point's flat Jacobian
+        (complex128, ``(B, k)``, or ``(k,)`` for one point), leading first; else ``None``.
+      stability: with an analysis, a ``pyarrow.Table`` with one row per point (``point``,
+        ``abscissa``, ``radius``, ``stable``, ``unstable``); else ``None``. With
+        ``keep_jacobian: false`` the result has no Jacobian (``jacobian`` is ``None``).
 
     Example:
       >>> import jax.numpy as jnp, rayjac, tempfile
@@ -57,6 +63,8 @@ class Result:
     path: str
     sparsity: Any = None
     points: int | None = None
+    spectrum: Any = None
+    stability: Any = None
 
     def matrix(self, point: int | None = None) -> Any:
         """The flat Jacobian ``(m, n)`` in ``rayjac.Sparsity``'s order (output leaves, each
@@ -72,6 +80,9 @@ class Result:
           array([[0., 0., 1., 0.],
                  [0., 1., 0., 1.]], dtype=float32)
         """
+        if self.jacobian is None:
+            raise ValueError(f"{self.path} keeps no Jacobian (its run had analysis."
+                             "keep_jacobian: false); rerun with keep_jacobian: true.")
         return flat_matrix(self.jacobian, self.metadata["jacobian"]["blocks"], self.points,
                            point)
 
@@ -124,20 +135,21 @@ def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) 
     shown = os.fspath(path)
     desc = _read_description(fs, root, shown)
     jac_file, value_aux_file, _ = SCHEMA.files(desc["format"])
-    table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown)
-    jac = _check_description(_table_description(table, shown, jac_file), shown, jac_file)
-    points, layout = jac.get("points"), ts.layout_from_json(jac["jacobian"])
-    pattern = None
-    with _reading(shown, jac_file):
-        if jac.get("kind") == "sparse":
-            pattern, order = _read_pattern(fs, root, table, jac, shown)
-            jacobian = (_coords.read_blocks(table, jac["sparsity"], pattern, order, layout)
-                        if points is None else _points.read_sparse(
-                            table, jac["sparsity"], pattern, order, layout, points))
-        elif points is None:
-            jacobian = layout.assemble(ts.read_rows(table, jac["jacobian"]), xp=np)
-        else:
-            jacobian = _points.read_dense(table, jac["jacobian"], points)
+    points, layout = desc.get("points"), ts.layout_from_json(desc["jacobian"])
+    jacobian = pattern = None
+    if "jacobian" in desc["files"]:  # not when an analysis kept only the spectrum
+        table = _read_table(fs, f"{root}/{jac_file}", desc["format"], shown)
+        jac = _check_description(_table_description(table, shown, jac_file), shown, jac_file)
+        with _reading(shown, jac_file):
+            if jac.get("kind") == "sparse":
+                pattern, order = _read_pattern(fs, root, table, jac, shown)
+                jacobian = (_coords.read_blocks(table, jac["sparsity"], pattern, order, layout)
+                            if points is None else _points.read_sparse(
+                                table, jac["sparsity"], pattern, order, layout, points))
+            elif points is None:
+                jacobian = layout.assemble(ts.read_rows(table, jac["jacobian"]), xp=np)
+            else:
+                jacobian = _points.read_dense(table, jac["jacobian"], points)
     parts = _read_table(fs, f"{root}/{value_aux_file}", desc["format"], shown)
     with _reading(shown, value_aux_file):
         if points is None:
@@ -146,7 +158,43 @@ def load(path: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None) 
         else:
             value, aux = (_points.read_tree(parts, desc[part], points)
                           for part in ("value", "aux"))
-    return Result(jacobian, value, aux, desc, shown, pattern, points)
+    spectrum, stability = _read_analysis(fs, root, desc, shown)
+    return Result(jacobian, value, aux, desc, shown, pattern, points, spectrum, stability)
+
+
+def read_stability(path: str | os.PathLike, *,
+                   filesystem: pafs.FileSystem | None = None) -> pa.Table | None:
+    """Only the stability table of a result (one row per point: ``point``, ``abscissa``,
+    ``radius``, ``stable``, ``unstable``), or ``None`` when its run had no analysis.
+
+    Example:
+      >>> import tempfile
+      >>> from rayjac.runs import parse_config, run_one
+      >>> cfg = parse_config({"problem": "jobs.lorenz96:make", "params": {"n": 8},
+      ...                     "analysis": {"spectrum": "all"},
+      ...                     "output": {"path": tempfile.mkdtemp() + "/l96"}})
+      >>> read_stability(run_one(cfg)).column_names
+      ['point', 'abscissa', 'radius', 'stable', 'unstable']
+    """
+    fs, root = _folders.resolve(path, filesystem)
+    shown = os.fspath(path)
+    desc = _read_description(fs, root, shown)
+    if "analysis" not in desc:
+        return None
+    file = SCHEMA.analysis_files(desc["format"])[1]
+    return _read_table(fs, f"{root}/{file}", desc["format"], shown).replace_schema_metadata(None)
+
+
+def _read_analysis(fs, root: str, desc: dict, shown: str) -> tuple[Any, Any]:
+    """The spectrum (complex128) and the stability table of a run with an analysis."""
+    if "analysis" not in desc:
+        return None, None
+    spectrum_file, stability_file = SCHEMA.analysis_files(desc["format"])
+    table = _read_table(fs, f"{root}/{spectrum_file}", desc["format"], shown)
+    with _reading(shown, spectrum_file):
+        spectrum = _spectra.read_spectrum(table, desc.get("points"))
+    stability = _read_table(fs, f"{root}/{stability_file}", desc["format"], shown)
+    return spectrum, stability.replace_schema_metadata(None)
 
 
 def read_sparsity(path: str | os.PathLike, *,

@@ -28,6 +28,8 @@ class Schema:
     metadata: str = "metadata.json"
     colors: str = "colors"  # sparse results: the colour of each column
     runs_table: str = "runs.parquet"  # a sweep's folder: one row per run
+    spectrum: str = "spectrum"  # with an analysis: eigenvalues, one row per (point, index)
+    stability: str = "stability"  # with an analysis: one row per point
 
     def files(self, fmt: str) -> tuple[str, str, str]:
         return f"{self.jacobian}.{fmt}", f"{self.value_aux}.{fmt}", self.metadata
@@ -35,8 +37,11 @@ class Schema:
     def colors_file(self, fmt: str) -> str:
         return f"{self.colors}.{fmt}"
 
+    def analysis_files(self, fmt: str) -> tuple[str, str]:
+        return f"{self.spectrum}.{fmt}", f"{self.stability}.{fmt}"
+
 
 SCHEMA = Schema()
 FOLDERS = _folders.Folders(
     files=frozenset(f for fmt in FORMATS for f in SCHEMA.files(fmt) + (
-        SCHEMA.colors_file(fmt),)), last=SCHEMA.metadata)
+        SCHEMA.colors_file(fmt),) + SCHEMA.analysis_files(fmt)), last=SCHEMA.metadata)

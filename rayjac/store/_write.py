@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 
 from . import _coords
 from . import _points
+from . import _spectra
 from . import _folders
 from . import _treespec as ts
 from ._formats import FORMATS
@@ -141,9 +142,17 @@ def _describe(stream: Any, fmt: str, extra: dict) -> dict:
             "encodings": ts.ENCODINGS, "jacobian": ts.describe_layout(stream.layout),
             "value": tree(stream.value, "value"), "aux": tree(stream.aux, "aux")}
     desc["jacobian"]["blocks"] = _blocks(stream.layout, plan)
+    analysis = getattr(stream, "analysis", None)
+    if analysis is not None:
+        desc["analysis"] = {"spectrum": "all" if analysis.k is None else analysis.k,
+                            "system": analysis.system, "keep_jacobian": analysis.keep_jacobian}
+        desc["files"].update(zip(("spectrum", "stability"), SCHEMA.analysis_files(fmt)))
+        if not analysis.keep_jacobian:
+            del desc["files"]["jacobian"]
     if plan is not None:
-        desc["files"]["colors"] = SCHEMA.colors_file(fmt)
         desc["sparsity"] = _coords.describe(plan)
+        if "jacobian" in desc["files"]:
+            desc["files"]["colors"] = SCHEMA.colors_file(fmt)
     desc["versions"] = {**extra.get("versions", {}), **_versions()}
     desc["timings"] = dict(extra.get("timings", {}))
     try:
@@ -185,16 +194,28 @@ def _write_files(fs, folder: str, stream: Any, desc: dict) -> None:
     jac_file, value_aux_file, meta_file = SCHEMA.files(desc["format"])
     start = time.perf_counter()
     plan, points = getattr(stream, "plan", None), desc.get("points")
-    if plan is not None:
+    analysis = getattr(stream, "analysis", None)
+    keep = analysis is None or analysis.keep_jacobian
+    if plan is not None and keep:
         colors = _coords.colors_table(plan.pattern, _metadata(desc))
         with _table_writer(fs, f"{folder}/{desc['files']['colors']}", colors.schema,
                            desc["format"]) as writer:
             writer.write_table(colors)
-    items = stream.shards if points is None else stream.parts
+    source = stream.shards if points is None else stream.parts
+    spectra = None if analysis is None else _spectra.Spectra(stream, analysis)
+    items = source if spectra is None else spectra.watch(source)
     try:
-        timings = _write_jacobian(fs, f"{folder}/{jac_file}", stream, items, desc)
+        if keep:
+            timings = _write_jacobian(fs, f"{folder}/{jac_file}", stream, items, desc)
+        else:  # only the spectra are kept: wait for every part
+            waited = time.perf_counter()
+            for _ in items:
+                pass
+            timings = {"shards_wait_s": time.perf_counter() - waited}
     finally:  # on failure, lets a generator of shards (the engine) cancel its work
-        getattr(items, "close", lambda: None)()
+        getattr(source, "close", lambda: None)()
+    if spectra is not None:
+        _write_spectra(fs, folder, spectra.all(), analysis, desc)
     desc["timings"].update(timings, write_total_s=time.perf_counter() - start)
     leaves = [leaf for part in ("value", "aux") if desc[part] for leaf in desc[part]["leaves"]]
     schema = ts.table_schema(leaves, _metadata(desc), index=False)
@@ -209,6 +230,18 @@ def _write_files(fs, folder: str, stream: Any, desc: dict) -> None:
             writer.write_batch(batch)
     with fs.open_output_stream(f"{folder}/{meta_file}") as out:
         out.write(json.dumps(desc, indent=2).encode())
+
+
+def _write_spectra(fs, folder: str, lam: np.ndarray, analysis: Any, desc: dict) -> None:
+    spectrum_file, stability_file = SCHEMA.analysis_files(desc["format"])
+    meta = _metadata(desc)
+    with _table_writer(fs, f"{folder}/{spectrum_file}", _spectra.SPECTRUM.with_metadata(meta),
+                       desc["format"]) as writer:
+        writer.write_batch(_spectra.spectrum_batch(0, lam, meta))
+    table = _spectra.stability_table(lam, analysis.system, meta)
+    with _table_writer(fs, f"{folder}/{stability_file}", table.schema,
+                       desc["format"]) as writer:
+        writer.write_table(table)
 
 
 def _write_jacobian(fs, file: str, stream: Any, items: Any, desc: dict) -> dict:
