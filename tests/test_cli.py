@@ -172,3 +172,34 @@ def test_import_rayjac_loads_names_on_first_use():
                            " sorted(rayjac.__all__) == sorted(set(dir(rayjac)) & set("
                            "rayjac.__all__)))"], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "True", "True"], done.stderr
+
+
+def test_a_raising_factory_is_named_with_its_params(workdir, capsys):
+    (workdir / "myjobs").mkdir()
+    write(workdir / "myjobs" / "__init__.py", "")
+    write(workdir / "myjobs" / "broken.py", "def make(n=3):\n    return range('x')\n")
+    write(workdir / "c.yaml", "problem: myjobs.broken:make\nparams: {n: 5}\n")
+    assert main(["run", "c.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert ("FactoryError: the job factory myjobs.broken:make raised TypeError when called "
+            "with params {'n': 5}: 'str' object cannot be interpreted as an integer") in err
+
+
+def test_a_closed_stdout_is_not_an_error(workdir):
+    main(["run", "configs/quickstart.yaml", "--set", "execution.shards=null",
+          "--set", "output.path=qs"])
+    done = subprocess.run(f"{sys.executable} -m rayjac show qs | head -1", shell=True,
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.startswith("result") and "Broken pipe" not in done.stderr, done.stderr
+
+
+def test_a_sharded_call_prints_no_ray_or_fork_chatter(tmp_path):
+    code = ("import jax.numpy as jnp, rayjac\n"
+            "print(rayjac.jacfwd(jnp.sin, shards=2)(jnp.ones(3)).shape)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAYJAC_VERBOSE", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "(3, 3)", done.stderr
+    for chatter in ("Started a local Ray instance", "Token authentication is enabled",
+                    "os.fork() was called"):
+        assert chatter not in done.stderr

@@ -212,7 +212,17 @@ def test_without_the_token_the_cluster_refuses(head_env, clean_auth, capsys, tmp
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("rayjac submit: error: ") and "Traceback" not in err
-    assert "uthentication" in err
+    assert "uses token authentication and requires a token, and none was sent" in err
+    assert "ray get-auth-token" in err and "RAY_AUTH_MODE is currently" not in err
+
+
+def test_a_wrong_token_is_explained_in_rayjac_words(head_env, clean_auth, capsys, tmp_path):
+    (tmp_path / "wrong").write_text("not-the-token")
+    clean_auth.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "wrong"))
+    code = main(["submit", "configs/quickstart.yaml", "--address", head_env,
+                 "--set", f"output.path={tmp_path / 'x'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "refused the token rayjac sent" in err
 
 
 # ------------------------------------------------------------------- sweeps on the head node

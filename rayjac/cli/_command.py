@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import traceback
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from ..runs._config import ConfigError, load_config
 
@@ -31,6 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["run", "no-such-config.yaml"])
         2
     """
+    with _stop_on_signals():
+        try:
+            return _main(argv)
+        except SystemExit as exit_:  # Ray's own SIGTERM handler, active while Ray starts
+            if exit_.code == 15:
+                _stop(15, None)
+            raise
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -38,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         return args.handler(args)
+    except BrokenPipeError:  # stdout closed early (`rayjac show ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("rayjac: interrupted", file=sys.stderr)
         return 130
@@ -46,6 +60,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"rayjac {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM end the command at once, whatever it is doing: what it
+    started on Ray is stopped (an embedded Ray with every process under it), nothing more is
+    published, and it exits 130 (143). A KeyboardInterrupt could be swallowed (Python ignores
+    exceptions raised in some callbacks, e.g. JAX's garbage-collection hook), so the handler
+    exits itself rather than raising."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:  # the Python API (tests, notebooks) keeps its own handlers
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    print("rayjac: interrupted" if signum == 2 else "rayjac: terminated", file=sys.stderr,
+          flush=True)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    engine = sys.modules.get("rayjac.engine")  # only what this process imported can be running
+    if engine is not None:
+        with contextlib.suppress(Exception):
+            engine.stop_now()
+    os._exit(128 + signum)
 
 
 def _message(err: Exception) -> str:

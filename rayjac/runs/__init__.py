@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._config import parse_config as parse_config
     from ._grid import SweepRun as SweepRun
     from ._grid import expand_sweep as expand_sweep
+    from ._one import FactoryError as FactoryError
     from ._one import load_problem as load_problem
     from ._one import run_one as run_one
     from ._submit import submit as submit
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 _HOMES = {"Config": "._config", "ConfigError": "._config", "load_config": "._config",
           "parse_config": "._config", "SweepRun": "._grid", "expand_sweep": "._grid",
-          "load_problem": "._one", "run_one": "._one", "submit": "._submit",
+          "FactoryError": "._one", "load_problem": "._one", "run_one": "._one", "submit": "._submit",
           "RunRecord": "._sweep", "run": "._sweep", "run_sweep": "._sweep",
           "RUNS_TABLE": "._table"}
 __all__ = sorted(_HOMES)

@@ -59,6 +59,8 @@ class ConfigError(ValueError):
         ['execution.shards: expected a positive integer or null, got 0']
     """
 
+    __module__ = "rayjac.runs"  # its public home
+
     def __init__(self, problems: Sequence[str], source: str = "config"):
         self.problems = list(problems)
         self.source = source

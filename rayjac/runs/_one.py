@@ -18,6 +18,12 @@ from ..core._problem import Problem
 from ._config import Config, ConfigError
 
 
+class FactoryError(RuntimeError):
+    """A job factory raised; the message names it, its params and the exception."""
+
+    __module__ = "rayjac.runs"  # its public home
+
+
 def engine() -> Any:
     """The engine package. This layer's one deferred import: it imports Ray, which loads only
     when a run needs the cluster, so reading and checking a config stays fast."""
@@ -101,7 +107,13 @@ def load_problem(ref: str, params: dict) -> Problem:
                           ) from None
     except ValueError:  # no signature to check (a builtin): let the call decide
         pass
-    problem = factory(**params)
+    try:
+        problem = factory(**params)
+    except Exception as err:  # the user's code: say whose, with what, and keep the cause
+        raise FactoryError(
+            f"the job factory {ref} raised {type(err).__name__} when called with params "
+            f"{params}: {err}. Fix the factory or the params (RAYJAC_TRACEBACK=1 shows the "
+            "factory's traceback).") from err
     if not isinstance(problem, Problem):
         raise ConfigError([f"problem: {ref} returned {type(problem).__name__}, expected a "
                            "rayjac.Problem(func, args=..., variables=...)"])

@@ -50,7 +50,7 @@ def submit(config: Config, address: str | None = None, *, wait: bool = False,
         >>> submit(parse_config({"problem": "jobs.lorenz96:make"}), "http://127.0.0.1:8265")
         Traceback (most recent call last):
         ...
-        rayjac.runs._config.ConfigError: ...output.path: 'results/lorenz96' is relative...
+        rayjac.runs.ConfigError: ...output.path: 'results/lorenz96' is relative...
     """
     _check_output_path(config)
     address = _resolve_address(address)
@@ -129,17 +129,31 @@ def _resolve_address(address: str | None) -> str:
 
 
 def _client(address: str):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     headers = auth_headers()
     with _without_env(_ADDRESS_VARS):  # Ray lets these override an explicit address
         try:
             return JobSubmissionClient(address, headers=headers)
+        except AuthenticationError:
+            raise PermissionError(_refused(address, bool(headers))) from None
         except ConnectionError as err:
             raise ConnectionError(f"Cannot reach the Ray dashboard at {address}: "
                                   f"{str(err).rstrip('.')}. Check "
                                   "the address (http://HEAD:8265) and that the head runs "
                                   "ray[default].") from None
+
+
+def _refused(address: str, sent: bool) -> str:
+    """Why a token-auth cluster refused us, in terms of what the user set (Ray's own message
+    talks about RAY_AUTH_MODE, which the user need not set to submit)."""
+    what = ("refused the token rayjac sent (from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or, with "
+            "RAY_AUTH_MODE=token, ~/.ray/auth_token): it is not this cluster's"
+            if sent else "requires a token, and none was sent")
+    return (f"The Ray cluster at {address} uses token authentication and {what}. Run `ray "
+            "get-auth-token` on the head (or read its token file) and set RAY_AUTH_TOKEN to "
+            "it, or RAY_AUTH_TOKEN_PATH to a file holding it; then submit again.")
 
 
 @contextlib.contextmanager

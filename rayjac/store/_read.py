@@ -239,6 +239,8 @@ class ResultError(ValueError):
     """A result folder that cannot be read (not a result, truncated, corrupt, or newer than
     this rayjac); the message names the path and what is wrong."""
 
+    __module__ = "rayjac.store"  # its public home
+
 
 @contextlib.contextmanager
 def _reading(shown: str, name: str) -> Iterator[None]:
