@@ -235,7 +235,21 @@ def test_plot_sparse_writes_a_png(tmp_path, name, no_densify):
     assert (tmp_path / "j.png").read_bytes()[:8] == PNG and out == str(tmp_path / "j.png")
 
 
-def test_plot_draws_the_binned_counts_and_the_top_singular_values():
+def reference_extremes(dense, bins_m, bins_n):
+    """Per cell, the entry of largest magnitude (signed), by a loop over the entries."""
+    m, n = dense.shape
+    best = {}
+    for r, c in zip(*np.nonzero(dense)):
+        cell = (r * bins_m // m, c * bins_n // n)
+        if cell not in best or abs(dense[r, c]) > abs(best[cell]):
+            best[cell] = dense[r, c]
+    out = np.full((bins_m, bins_n), np.nan)
+    for (i, j), value in best.items():
+        out[i, j] = value
+    return out
+
+
+def test_plot_draws_the_binned_signed_values_and_the_top_singular_values():
     import matplotlib.pyplot as plt
 
     dense = (np.random.default_rng(3).standard_normal((400, 350)) * (
@@ -246,8 +260,12 @@ def test_plot_draws_the_binned_counts_and_the_top_singular_values():
     values = _plot.top_singular_values(matrix)
     _plot._draw_top_singular_values(right, values, matrix.shape, "x")
     shown = left.images[0].get_array()
-    np.testing.assert_array_equal(shown.filled(0), reference_counts(dense != 0, 300, 300))
-    assert shown.mask.sum() == (reference_counts(dense != 0, 300, 300) == 0).sum()
+    want = reference_extremes(dense, 300, 300)
+    np.testing.assert_array_equal(shown.filled(np.nan), want)
+    assert shown.mask.sum() == np.isnan(want).sum() > 0
+    assert (want < 0).any() and (want > 0).any()  # both signs shown
+    assert left.get_xlabel() == "input index (column)"
+    assert left.get_ylabel() == "output index (row)"
     np.testing.assert_allclose(right.lines[0].get_ydata(),
                                np.linalg.svd(dense, compute_uv=False)[:20], rtol=1e-6)
     assert f"x: 400 x 350, nnz {np.count_nonzero(dense)}, density" in left.get_title()
