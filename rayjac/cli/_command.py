@@ -166,27 +166,27 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ..store import SCHEMA, is_uri, load
+    from ..runs import read_runs_table
+    from ..store import load
     from ._show import summarize
 
-    table = os.path.join(args.result, SCHEMA.runs_table)
-    if not is_uri(args.result) and os.path.exists(table):
-        import pyarrow.parquet as pq
-
-        print(_format_rows(pq.read_table(table).to_pylist()))
+    table = read_runs_table(args.result)
+    if table is not None:  # a sweep's folder
+        print(_format_rows(table.to_pylist()))
         return 0
     print(summarize(load(args.result)))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from ..store import SCHEMA, is_uri, load
+    from ..runs import read_runs_table
+    from ..store import load
     from ._plot import plot
     from ._spectra import plot_sweep
 
-    if not is_uri(args.result) and os.path.exists(os.path.join(args.result,
-                                                               SCHEMA.runs_table)):
-        print(f"wrote {plot_sweep(args.result, args.output)}")
+    table = read_runs_table(args.result)
+    if table is not None:  # a sweep's folder: its stability diagram
+        print(f"wrote {plot_sweep(args.result, args.output, table)}")
         return 0
     print(f"wrote {plot(load(args.result), args.output)}")
     return 0

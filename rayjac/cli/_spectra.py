@@ -36,10 +36,11 @@ def draw_spectrum(ax: Any, lam: np.ndarray, system: str, title: str) -> None:
     ax.set_title(title)
 
 
-def plot_sweep(folder: str | os.PathLike, file: str | os.PathLike) -> str:
+def plot_sweep(folder: str | os.PathLike, file: str | os.PathLike, table: Any = None) -> str:
     """The stability diagram of a sweep whose runs have a spectrum: each run's abscissa (or
     radius) against the first numeric swept key, one line per value of the other swept keys,
-    stable runs filled and unstable ones open, with the boundary.
+    stable runs filled and unstable ones open, with the boundary. ``folder`` may be a URI;
+    ``table`` is its ``runs.parquet`` when already read.
 
     Example:
         >>> plot_sweep("results/no-such-sweep", "x.png")
@@ -48,13 +49,14 @@ def plot_sweep(folder: str | os.PathLike, file: str | os.PathLike) -> str:
         FileNotFoundError: results/no-such-sweep has no runs.parquet: ...
     """
     import matplotlib
-    import pyarrow.parquet as pq
 
-    table_file = os.path.join(os.fspath(folder), "runs.parquet")
-    if not os.path.exists(table_file):
+    from ..runs import read_runs_table
+
+    table = read_runs_table(os.fspath(folder)) if table is None else table
+    if table is None:
         raise FileNotFoundError(f"{folder} has no runs.parquet: pass a sweep's folder (the "
                                 "output.path of a config with a sweep).")
-    rows = pq.read_table(table_file).to_pylist()
+    rows = table.to_pylist()
     system = _system(folder, rows)
     column, label, boundary = _BOUNDARY[system]
     done = [r for r in rows if r.get(column) is not None]
@@ -112,9 +114,15 @@ def _groups(rows: list[dict], keys: list[str]) -> dict[str, list[dict]]:
 
 def _system(folder: Any, rows: list[dict]) -> str:
     """The sweep's ``analysis.system``, from the metadata of its first finished run."""
+    from ..store._folders import resolve
+
+    fs, root = resolve(folder, None)
     for row in rows:
-        meta = os.path.join(os.fspath(folder), row["path"], "metadata.json")
-        if row["status"] == "done" and os.path.exists(meta):
-            with open(meta) as f:
-                return json.load(f).get("analysis", {}).get("system", "continuous")
+        if row["status"] != "done":
+            continue
+        try:
+            with fs.open_input_stream(f"{root}/{row['path']}/metadata.json") as src:
+                return json.loads(src.read()).get("analysis", {}).get("system", "continuous")
+        except OSError:
+            continue
     return "continuous"

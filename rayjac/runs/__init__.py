@@ -29,11 +29,12 @@ if TYPE_CHECKING:
     from ._sweep import run as run
     from ._sweep import run_sweep as run_sweep
     from ._table import RUNS_TABLE as RUNS_TABLE
+    from ._table import read_runs_table as read_runs_table
 
 _HOMES = {"Config": "._config", "ConfigError": "._config", "load_config": "._config",
           "parse_config": "._config", "SweepRun": "._grid", "expand_sweep": "._grid",
           "FactoryError": "._one", "load_problem": "._one", "run_one": "._one", "submit": "._submit",
           "RunRecord": "._sweep", "run": "._sweep", "run_sweep": "._sweep",
-          "RUNS_TABLE": "._table"}
+          "RUNS_TABLE": "._table", "read_runs_table": "._table"}
 __all__ = sorted(_HOMES)
 __getattr__, __dir__ = _attributes(__name__, _HOMES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..store import _folders
@@ -38,6 +39,15 @@ def write_runs_table(folder: str, records: list, types: dict) -> None:
                             ("stable", pa.bool_())):
             columns[name] = pa.array([(r.stability or {}).get(name) for r in records], type_)
     _write_atomic(pa.table(columns), f"{folder.rstrip('/')}/{RUNS_TABLE}")
+
+
+def read_runs_table(folder: str) -> pa.Table | None:
+    """A sweep folder's ``runs.parquet`` (local or a URI), or None when it has none."""
+    fs, root = _folders.resolve(folder, None)
+    path = f"{root}/{RUNS_TABLE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    return pq.read_table(path, filesystem=fs)
 
 
 def _write_atomic(table: pa.Table, path: str) -> None:
