@@ -1,9 +1,9 @@
 """``rayjac.jacfwd``: checks at the boundary, one traced program per call signature, the
-return table of ``brainpy.math.jacfwd``, and the in-process and streaming paths."""
+return table of ``brainpy.math.jacfwd``, the in-process and streaming paths, and ``jf.map`` (the
+Jacobians at many points: see ``_map``)."""
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import warnings
@@ -13,8 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .core._basis import Layout, TangentBasis, weakly_typed
-from .core._plan import SparsePlan, detect_pattern, gather_values, make_plan
+from ._checks import (_check_argnums, _check_grad_vars, _check_input_dtype,
+                      _check_no_variable_arguments, _check_outermost, _check_output_dtype,
+                      _check_positive)
+from ._map import MapStream, assemble, local_parts, map_in_process, map_inputs
+from .core._basis import Layout, TangentBasis
+from .core._batched import stacked
+from .core._plan import SparsePlan, detect_pattern, make_plan
 from .core._program import TangentProgram
 from .core._variables import StateTrace, Variable, _trace_stack
 from .sparsity import Sparsity
@@ -88,71 +93,22 @@ def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] |
                   bool(holomorphic), shards, chunk_size, sparsity)
 
 
-def _check_grad_vars(grad_vars: Any) -> None:
-    if grad_vars is None:
-        return
-    seen: dict[int, str] = {}
-    leaves = jax.tree_util.tree_leaves_with_path(
-        grad_vars, is_leaf=lambda x: x is None or _is_var(x))
-    for path, leaf in leaves:
-        where = "grad_vars" + jax.tree_util.keystr(path)
-        if not isinstance(leaf, Variable):
-            raise TypeError(f"{where} must be a rayjac.Variable, but received "
-                            f"{type(leaf).__name__}: {leaf!r:.80}. Wrap state in "
-                            "rayjac.Variable and pass the Variable objects as grad_vars.")
-        if id(leaf) in seen:
-            raise ValueError(f"{where} is the same Variable as {seen[id(leaf)]}; list each "
-                             "Variable once in grad_vars.")
-        seen[id(leaf)] = where
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                              or value < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
-
-
-def _check_argnums(argnums: Any, num_args: int) -> tuple[int, ...]:
-    indices = tuple(argnums) if isinstance(argnums, (tuple, list)) else (argnums,)
-    if not indices:
-        raise ValueError(f"argnums={argnums!r} names no argument; give an int or a non-empty "
-                         "tuple of ints, or None with grad_vars to differentiate only those.")
-    for i in indices:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < num_args:
-            raise ValueError(
-                f"argnums={argnums!r}: index {i!r} is not valid for a call with {num_args} "
-                f"positional argument(s); use non-negative ints below {num_args}.")
-    if len(set(indices)) != len(indices):
-        raise ValueError(f"argnums={argnums!r} names an argument twice; each of the call's "
-                         f"{num_args} positional argument(s) may appear once.")
-    return tuple(int(i) for i in indices)
-
-
-def _check_input_dtype(holomorphic: bool, x: Any) -> None:
-    dtype = np.dtype(x.dtype)
-    if holomorphic and not jnp.issubdtype(dtype, jnp.complexfloating):
-        raise TypeError("jacfwd with holomorphic=True requires inputs with complex dtype, "
-                        f"but got {dtype.name}.")
-    if not holomorphic and not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError("jacfwd requires real-valued inputs (input dtype that is a sub-dtype "
-                        f"of np.floating), but got {dtype.name}. For holomorphic "
-                        "differentiation, pass holomorphic=True. For differentiation of "
-                        "non-holomorphic functions involving complex inputs or integer inputs, "
-                        "use jax.jvp directly.")
-
-
-def _check_output_dtype(holomorphic: bool, dtype: np.dtype) -> None:
-    if holomorphic and not jnp.issubdtype(dtype, jnp.complexfloating):
-        raise TypeError("jacfwd with holomorphic=True requires outputs with complex dtype, "
-                        f"but got {np.dtype(dtype).name}.")
-
-
 def _is_weak(x: Any) -> bool:
     return bool(getattr(x, "weak_type", False))
 
 
 def _is_dynamic(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray))
+    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+
+
+def _as_input(x: Any) -> Any:
+    """A differentiated leaf as JAX takes it (x64 rules); a ``ShapeDtypeStruct`` (a map's
+    point) stays abstract."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        dtype = jax.dtypes.canonicalize_dtype(x.dtype)
+        return x if dtype == x.dtype else jax.ShapeDtypeStruct(x.shape, dtype,
+                                                               weak_type=x.weak_type)
+    return x if isinstance(x, jax.Array) else jnp.asarray(x)
 
 
 def _static_key(x: Any) -> Any:
@@ -212,12 +168,8 @@ class JacFwd:
 
     def _start(self, args: tuple, kwargs: dict, workers: Any, columns: bool
                ) -> tuple[JacStream, TangentProgram]:
-        leaves = jax.tree_util.tree_leaves((args, kwargs))
-        if self.shards is not None and (
-                _trace_stack() or any(isinstance(x, jax.core.Tracer) for x in leaves)):
-            raise TypeError("rayjac.jacfwd(..., shards=k) cannot run inside jax.jit, vmap or "
-                            "another transform: the distributed path is an outermost call. Use "
-                            "shards=None inside transforms.")
+        if self.shards is not None:
+            _check_outermost(args, kwargs)
         program, diff, const, state = self._prepare(args, kwargs)
         if self.shards is None:
             out, aux, written = program.primal_jit(diff, const, state)
@@ -237,18 +189,72 @@ class JacFwd:
 
     def _call_sharded(self, args: tuple, kwargs: dict):
         stream, program = self._start(args, kwargs, None, columns=True)
-        if program.plan is not None:
-            values = gather_values(stream.plan, stream.shards)
-            blocks = [[weakly_typed(jnp.asarray(data[lo:hi]), program.layout.weak(k))
-                       for lo, hi in stream.plan.spans[k]] for k, data in enumerate(values)]
-            return self._format(program.sparse_blocks(blocks), stream.value, stream.aux)
-        blocks, views = _host_blocks(stream.layout)
-        for start, columns in stream.shards:  # each shard copied once, as it arrives
-            stream.layout.scatter(views, start, columns)
-        layout = stream.layout
-        blocks = [[weakly_typed(jnp.asarray(b), layout.weak(k)) for b in row]
-                  for k, row in enumerate(blocks or views)]
-        return self._format(layout.structure(blocks), stream.value, stream.aux)
+        return self._format(assemble(program, stream.shards), stream.value, stream.aux)
+
+    def map(self, *args, in_axes: Any = 0, states: dict | None = None,
+            batch_size: int | None = None, **kwargs):
+        """The Jacobians at B points, stacked along a new leading axis of every leaf.
+
+        Returns what a loop of calls returns, stacked leaf by leaf: point ``i`` calls the
+        transform with point ``i`` of each batched argument and each ``states`` value, every
+        other Variable at its value when ``map`` starts. No Variable is ever written.
+
+        Args:
+          *args: the positional arguments; those with ``in_axes`` 0 carry the points on axis 0
+            of every leaf.
+          in_axes: ``0`` (every positional argument is batched), ``None`` (none is), or a tuple
+            or list of 0/None, one per positional argument.
+          states: ``{Variable: values}``, values of shape ``(B,) + v.shape`` and ``v``'s dtype:
+            point ``i`` runs with ``v`` holding ``values[i]`` (``grad_vars`` may be among them).
+          batch_size: at most this many points through a kernel at once (``None``: all of
+            them, or of a shard); one compiled kernel serves any number of points.
+          **kwargs: keyword arguments, the same at every point.
+
+        Example:
+          >>> import jax.numpy as jnp, rayjac
+          >>> rayjac.jacfwd(lambda x: x ** 2).map(jnp.arange(4.0).reshape(2, 2)).shape
+          (2, 2, 2)
+        """
+        if self.shards is None:
+            program, points = map_inputs(self, args, kwargs, in_axes, states, batch_size)
+            jac, out, aux = map_in_process(program, points, batch_size,
+                                           self.return_value or self.has_aux)
+            return self._format(jac, out, aux)
+        stream, program = self._start_map(args, kwargs, in_axes, states, batch_size, None,
+                                          columns=True)
+        return self._format(assemble(program, stream.parts, stream.points), stream.value,
+                            stream.aux)
+
+    def map_stream(self, args: tuple, kwargs: dict | None = None, *, in_axes: Any = 0,
+                   states: dict | None = None, batch_size: int | None = None,
+                   workers: Any = None) -> MapStream:
+        """``jf.map`` as parts (``rayjac.core.MapPart``) written to storage as they arrive:
+        rectangles of points x columns (colours, when sparse), numpy, in any order; in process,
+        one part per batch of points. Value and aux are stacked up front; no Variable is
+        written."""
+        return self._start_map(tuple(args), dict(kwargs or {}), in_axes, states, batch_size,
+                               workers, columns=False)[0]
+
+    def _start_map(self, args: tuple, kwargs: dict, in_axes: Any, states: Any,
+                   batch_size: Any, workers: Any, columns: bool
+                   ) -> tuple[MapStream, TangentProgram]:
+        if self.shards is not None:
+            _check_outermost(args, kwargs, states)
+        program, points = map_inputs(self, args, kwargs, in_axes, states, batch_size)
+        if self.shards is None:
+            parts, cancel = local_parts(program, points, batch_size), lambda: None
+        else:
+            from .engine import run_map  # the one deferred import: Ray loads on first use
+            parts = run_map(program, points, self.shards, batch_size, workers, columns)
+            cancel = parts.cancel
+        try:  # while the workers run
+            out, aux = (jax.block_until_ready(stacked(program, "primal", points, batch_size))
+                        if self.return_value or self.has_aux else (None, None))
+        except BaseException:
+            cancel()
+            raise
+        return MapStream(program.layout, points.count, out if self.return_value else None,
+                         aux if self.has_aux else None, parts, cancel, program.plan), program
 
     def _format(self, jac, out, aux):
         if self.return_value and self.has_aux:
@@ -259,26 +265,18 @@ class JacFwd:
             return jac, aux
         return jac
 
-    def _prepare(self, args: tuple, kwargs: dict):
-        """Checks, the flat inputs of this call, and its (cached) program."""
-        for leaf in jax.tree_util.tree_leaves((args, kwargs), is_leaf=_is_var):
-            if isinstance(leaf, Variable):
-                raise TypeError("A rayjac.Variable was passed as an argument of the function; "
-                                "close over it instead (read it inside func) and list it in "
-                                "grad_vars to differentiate it.")
-        argnums = () if self.argnums is None else _check_argnums(self.argnums, len(args))
-        var_part = None if self.grad_vars is None else jax.tree_util.tree_map(
-            lambda v: v.value, self.grad_vars, is_leaf=_is_var)
-        single = isinstance(self.argnums, (int, np.integer))
-        arg_part = None
-        if argnums:
-            arg_part = args[argnums[0]] if single else tuple(args[i] for i in argnums)
-        diff, in_tree = jax.tree_util.tree_flatten((var_part, arg_part))
-        diff = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in diff]  # x64 rules
+    def _prepare(self, args: tuple, kwargs: dict, values: dict | None = None):
+        """Checks, the flat inputs of this call, and its (cached) program. ``values`` overrides
+        the values of some Variables. A map asks with ``ShapeDtypeStruct`` leaves for its
+        points (the program needs only their shapes), which it gets back as they are."""
+        _check_no_variable_arguments(args, kwargs)
+        read = (lambda v: v.value) if not values else (  # noqa: E731
+            lambda v: values[v] if v in values else v.value)
+        argnums, diff, in_tree, leaves, const_tree = self._flatten(args, kwargs, read)
+        diff = [_as_input(x) for x in diff]
         for x in diff:
             _check_input_dtype(self.holomorphic, x)
-        rest = tuple(None if i in argnums else a for i, a in enumerate(args))
-        leaves, const_tree = jax.tree_util.tree_flatten((rest, kwargs))
+        single = isinstance(self.argnums, (int, np.integer))
         mask = tuple(_is_dynamic(x) for x in leaves)
         const = [x for x, dyn in zip(leaves, mask) if dyn]
         static = tuple(x for x, dyn in zip(leaves, mask) if not dyn)
@@ -289,13 +287,31 @@ class JacFwd:
             program = self._trace(TangentProgram(
                 self.func, self._var_list, argnums, single, self.has_aux, in_tree,
                 const_tree, static, mask, chunk_size=self.chunk_size), diff, const)
-        state = [v.value for v in program.other_vars]
+        state = [read(v) for v in program.other_vars]
         if key not in self._programs:
             if self._sparsity is not None:
-                program = dataclasses.replace(program, plan=make_plan(
-                    program, self._sparsity, diff, const, state))
+                with jax.ensure_compile_time_eval():  # concrete under an outer jit too
+                    plan = make_plan(program, self._sparsity, diff, const, state)
+                program = dataclasses.replace(program, plan=plan)
             self._programs[key] = program
         return program, diff, const, state
+
+    def _flatten(self, args: tuple, kwargs: dict, read: Callable
+                 ) -> tuple[tuple[int, ...], list, Any, list, Any]:
+        """(argnums, differentiated leaves, their tree ``(var_part, arg_part)``, the call's
+        other leaves, their tree ``(args less the differentiated ones, kwargs)``); ``read(v)``
+        gives the value of a ``grad_vars`` Variable."""
+        argnums = () if self.argnums is None else _check_argnums(self.argnums, len(args))
+        var_part = None if self.grad_vars is None else jax.tree_util.tree_map(
+            read, self.grad_vars, is_leaf=_is_var)
+        arg_part = None
+        if argnums:
+            single = isinstance(self.argnums, (int, np.integer))
+            arg_part = args[argnums[0]] if single else tuple(args[i] for i in argnums)
+        diff, in_tree = jax.tree_util.tree_flatten((var_part, arg_part))
+        rest = tuple(None if i in argnums else a for i, a in enumerate(args))
+        leaves, const_tree = jax.tree_util.tree_flatten((rest, kwargs))
+        return argnums, diff, in_tree, leaves, const_tree
 
     def _trace(self, program: TangentProgram, diff: list, const: list) -> TangentProgram:
         """Finds the Variables ``func`` touches and the shapes of its outputs (abstractly)."""
@@ -343,26 +359,6 @@ def _apply_writes(program: TangentProgram, written: list) -> None:
         var.value = new
 
 
-def _host_blocks(layout: Layout) -> tuple[list | None, list[list[np.ndarray]]]:
-    """(Jacobian blocks, writable numpy views of them) to gather shards into. On the CPU the
-    blocks are fresh JAX arrays and the views alias their buffers, so the gathered Jacobian is
-    never copied again; elsewhere the views are numpy arrays (blocks None), put on the device
-    at the end."""
-    if jax.default_backend() != "cpu":
-        return None, layout.empty_blocks()
-    blocks = [[jnp.zeros(o + i, d) for i in layout.basis.shapes]
-              for o, d in zip(layout.out_shapes, layout.out_dtypes)]
-    jax.block_until_ready(blocks)  # filled before anything is written into them
-    return blocks, [[_writable_view(b) for b in row] for row in blocks]
-
-
-def _writable_view(array: jax.Array) -> np.ndarray:
-    if array.size == 0:
-        return np.empty(array.shape, array.dtype)
-    buffer = (ctypes.c_char * array.nbytes).from_address(array.unsafe_buffer_pointer())
-    return np.frombuffer(buffer, dtype=array.dtype).reshape(array.shape)
-
-
 def _then_write(shards: Iterator, program: TangentProgram, written: list) -> Iterator:
     """The shards, then the Variable writes: a call that fails part-way writes nothing."""
     yield from shards
@@ -375,5 +371,5 @@ def _local_shards(program: TangentProgram, diff, const, state):
     step = program.chunk_size or max(n, 1)
     for start in range(0, n, step):
         length = min(step, n - start)
-        rows = [np.asarray(r) for r in program.rows_jit(diff, const, state, start, length=length)]
-        yield program.shard_item(start, start + length, program.payload(start, rows))
+        yield program.shard_item(start, start + length,
+                                 program.shard(diff, const, state, start, length))

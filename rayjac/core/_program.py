@@ -182,6 +182,14 @@ class TangentProgram:
         nonzeros of its colours, decompressed where they were computed (sparse)."""
         return rows if self.plan is None else self.plan.decompress(rows, start)
 
+    def shard(self, diff: list, const: list, state: list, start: int, length: int,
+              columns: bool = False) -> list[np.ndarray]:
+        """The payload (numpy) of the shard ``[start, start + length)``; ``columns``: dense
+        blocks of J instead of J^T rows."""
+        kernel = self.columns_jit if columns and self.plan is None else self.rows_jit
+        rows = kernel(diff, const, state, start, length=length)
+        return self.payload(start, [np.asarray(r) for r in rows])
+
     def shard_item(self, start: int, stop: int, payload: list) -> Any:
         """What a stream yields for a shard: ``(start, rows)``, or a ``SparseShard``."""
         if self.plan is None:
@@ -236,11 +244,13 @@ class TangentProgram:
         return [[weakly_typed(data[lo:hi], layout.weak(k)) for lo, hi in plan.spans[k]]
                 for k, data in enumerate(values)]
 
-    def sparse_blocks(self, values: list) -> Any:
-        """BCOO blocks in the jacfwd structure from the nonzeros of each block ``[k][i]``."""
-        layout = self.layout
+    def sparse_blocks(self, values: list, points: tuple[int, ...] = ()) -> Any:
+        """BCOO blocks in the jacfwd structure from the nonzeros of each block ``[k][i]``;
+        with ``points`` (``(B,)``, a map), data ``(B, nse)`` over one batch dimension whose
+        indices ``(1, nse, ndim)`` every point shares: each holds exactly the pattern."""
+        layout, lead = self.layout, (None,) * len(points)
         return layout.structure([
-            [sparse.BCOO((data, index), shape=layout.out_shapes[k] + shape,
+            [sparse.BCOO((data, index[lead]), shape=points + layout.out_shapes[k] + shape,
                          indices_sorted=True, unique_indices=True)
              for data, index, shape in zip(values[k], self._indices[k], layout.basis.shapes)]
             for k in range(len(values))])
@@ -252,12 +262,15 @@ class TangentProgram:
 
     @functools.cached_property
     def _gather(self) -> list:
-        return [(jnp.asarray(c), jnp.asarray(r)) for c, r in zip(self.plan.colors, self.plan.rows)]
+        with jax.ensure_compile_time_eval():  # cached: concrete, even when first made under jit
+            return [(jnp.asarray(c), jnp.asarray(r))
+                    for c, r in zip(self.plan.colors, self.plan.rows)]
 
     @functools.cached_property
     def _indices(self) -> list:
-        return [[jnp.asarray(self.plan.indices(k, i)) for i in range(len(spans))]
-                for k, spans in enumerate(self.plan.spans)]
+        with jax.ensure_compile_time_eval():
+            return [[jnp.asarray(self.plan.indices(k, i)) for i in range(len(spans))]
+                    for k, spans in enumerate(self.plan.spans)]
 
     @functools.cached_property
     def values_jit(self) -> Callable:
@@ -279,7 +292,12 @@ class TangentProgram:
     def columns_jit(self) -> Callable:
         return jax.jit(self.columns, static_argnames="length")
 
+    @functools.cached_property
+    def batched_kernels(self) -> dict:
+        """The kernels of a map, per layout of its points (``_batched.batched``)."""
+        return {}
+
     def __getstate__(self) -> dict:
         jitted = ("jacobian_jit", "primal_jit", "rows_jit", "columns_jit", "values_jit",
-                  "_gather", "_indices")
+                  "_gather", "_indices", "batched_kernels")
         return {k: v for k, v in self.__dict__.items() if k not in jitted}

@@ -9,11 +9,13 @@ this package imports Ray; ``import rayjac`` does not.
 from ._cluster import WorkerOptions as WorkerOptions
 from ._cluster import capacity as capacity
 from ._cluster import ensure_ray as ensure_ray
+from ._cluster import stop_now as stop_now
 from ._pool import ENGINE as ENGINE
 from ._shards import ShardError as ShardError
+from ._shards import run_map as run_map
 from ._shards import run_shards as run_shards
 from ._worker import pin_to_cores as pin_to_cores
 from ._worker import worker_env as worker_env
 
 __all__ = ["ENGINE", "ShardError", "WorkerOptions", "capacity", "ensure_ray", "pin_to_cores",
-           "run_shards", "worker_env"]
+           "run_map", "run_shards", "stop_now", "worker_env"]

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core._batched import part
+from ..core._points import Points
 from ..core._program import UnshippedVariable
 
 
@@ -99,9 +101,11 @@ class Worker:
                 for group, flags in zip(groups, weak)]
 
     def rows(self, token: str, program_box: list, call_id: str, data_box: list, start: int,
-             length: int, columns: bool = False) -> list[np.ndarray]:
-        """J^T rows of one shard, or (``columns``) the same block of J, transposed."""
-        import jax
+             length: int, columns: bool = False, points: tuple | None = None
+             ) -> list[np.ndarray]:
+        """J^T rows of one shard, or (``columns``) the same block of J, transposed; with
+        ``points`` ``(p0, p1, axes, count, batch_size)``, those of a map's points ``[p0, p1)``, a
+        leading point axis on each (sparse: nonzeros, decompressed here)."""
         begin = time.perf_counter()
         program = self._programs.get(token)
         if program is None:
@@ -111,19 +115,23 @@ class Worker:
             self._programs = {**dict(list(self._programs.items())[-7:]), token: program}
         if self._call is None or self._call[0] != call_id:
             self._call = (call_id, self._inputs(*data_box[0]))
-        diff, const, state = self._call[1]
+        groups = self._call[1]
+        if points is None:
+            work = lambda p: p.shard(*groups, start, length, columns)  # noqa: E731
+        else:
+            p0, p1, axes, count, batch_size = points
+            inputs = Points(tuple(groups), axes, count)
+            work = lambda p: part(p, inputs, p0, p1, start, length, batch_size,  # noqa: E731
+                                  columns)
         middle = time.perf_counter()
         try:
-            out = self._kernel(program, columns)(diff, const, state, start, length=length)
+            out = work(program)
         except UnshippedVariable:  # func reads module-level Variables of this process
-            program = self._programs[token] = program.localized(diff, const, state)
-            out = self._kernel(program, columns)(diff, const, state, start, length=length)
-        out = jax.block_until_ready(out)
+            program = self._programs[token] = program.localized(
+                *(groups if points is None else inputs.point(0)))
+            out = work(program)
         self.seconds["inputs"] += middle - begin
         self.seconds["kernel"] += time.perf_counter() - middle
         self.last_call = (time.time() - (time.perf_counter() - begin), time.time())
-        return program.payload(start, [np.asarray(r) for r in out])
+        return out
 
-    @staticmethod
-    def _kernel(program: Any, columns: bool) -> Any:
-        return program.columns_jit if columns and program.plan is None else program.rows_jit
