@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -41,6 +42,7 @@ class JacStream:
     # Sparse calls: the plan, and shards are SparseShard(start, stop, values): the nonzeros of
     # colours [start, stop), per output leaf in plan.positions(k, start, stop) order.
     plan: SparsePlan | None = None
+    analysis: Any = None  # spectra to compute (rayjac.analysis._jobs.Analysis), as written
 
 
 def jacfwd(func: Callable, grad_vars: Any = None, argnums: int | Sequence[int] | None = None,
@@ -227,16 +229,32 @@ class JacFwd:
 
     def map_stream(self, args: tuple, kwargs: dict | None = None, *, in_axes: Any = 0,
                    states: dict | None = None, batch_size: int | None = None,
-                   workers: Any = None) -> MapStream:
+                   workers: Any = None, analysis: Any = None) -> MapStream:
         """``jf.map`` as parts (``rayjac.core.MapPart``) written to storage as they arrive:
         rectangles of points x columns (colours, when sparse), numpy, in any order; in process,
         one part per batch of points. Value and aux are stacked up front; no Variable is
-        written."""
-        return self._start_map(tuple(args), dict(kwargs or {}), in_axes, states, batch_size,
-                               workers, columns=False)[0]
+        written. With an ``analysis`` (``rayjac.analysis._jobs.Analysis``), sharded parts are
+        whole points whose spectra the workers compute (``MapPart.spectra``)."""
+        stream = self._start_map(tuple(args), dict(kwargs or {}), in_axes, states, batch_size,
+                                 workers, columns=False, analysis=analysis)[0]
+        stream.analysis = analysis
+        return stream
+
+    def flat_shape(self, *args, **kwargs) -> tuple[int, int]:
+        """``(m, n)`` of this call's flat Jacobian (the total output size, the size of the
+        differentiated inputs), from tracing alone: no JVP runs and no Variable is written.
+
+        Example:
+          >>> import jax.numpy as jnp, rayjac
+          >>> rayjac.jacfwd(lambda x, y: x[:2] * y, argnums=(0, 1)).flat_shape(
+          ...     jnp.ones(3), jnp.ones(2))
+          (2, 5)
+        """
+        layout = self._prepare(args, kwargs)[0].layout
+        return sum(math.prod(s) for s in layout.out_shapes), layout.basis.n
 
     def _start_map(self, args: tuple, kwargs: dict, in_axes: Any, states: Any,
-                   batch_size: Any, workers: Any, columns: bool
+                   batch_size: Any, workers: Any, columns: bool, analysis: Any = None
                    ) -> tuple[MapStream, TangentProgram]:
         if self.shards is not None:
             _check_outermost(args, kwargs, states)
@@ -245,7 +263,8 @@ class JacFwd:
             parts, cancel = local_parts(program, points, batch_size), lambda: None
         else:
             from .engine import run_map  # the one deferred import: Ray loads on first use
-            parts = run_map(program, points, self.shards, batch_size, workers, columns)
+            parts = run_map(program, points, self.shards, batch_size, workers, columns,
+                            analysis)
             cancel = parts.cancel
         try:  # while the workers run
             out, aux = (jax.block_until_ready(stacked(program, "primal", points, batch_size))

@@ -40,6 +40,7 @@ class MapStream:
     parts: Iterator[MapPart]
     cancel: Callable[[], None] = lambda: None  # stops parts still running on workers
     plan: SparsePlan | None = None
+    analysis: Any = None  # spectra to compute at each point (rayjac.analysis._jobs.Analysis)
 
 
 def check_in_axes(in_axes: Any, num_args: int) -> tuple[int | None, ...]:

@@ -157,3 +157,28 @@ def test_single_point_gathers_dense_and_sparse_shards():
     lam = single.spectra(Analysis(None))
     want = _sorted(np.linalg.eigvals(np.asarray(jax.jacfwd(jf.func)(x), np.float64)))
     np.testing.assert_allclose(lam[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparsity", [None, "auto"])
+def test_sharded_map_spectra_are_computed_on_the_workers(tmp_path, ray_local, sparsity):
+    problem = load_problem("jobs.rate_network:make", {"n": 16, "p_connect": 0.3, "points": 3})
+    state = problem.variables["state"]
+    jf = rayjac.jacfwd(problem.func, grad_vars=state, sparsity=sparsity, shards=4)
+    analysis = Analysis(5, "continuous", keep_jacobian=False)
+    stream = jf.map_stream((), in_axes=None, states={state: problem.states["state"]},
+                           analysis=analysis)
+    parts = sorted(stream.parts, key=lambda part: part.p0)
+    assert [(p.p0, p.p1, p.start) for p in parts] == [(0, 1, 0), (1, 2, 0), (2, 3, 0)]
+    assert all(p.values is None and p.spectra.shape == (1, 5) for p in parts)  # only spectra
+    local = rayjac.jacfwd(problem.func, grad_vars=state)
+    for p in parts:
+        state.value = problem.states["state"][p.p0]
+        want = _sorted(np.linalg.eigvals(np.asarray(local(), np.float64)))[:5]
+        np.testing.assert_allclose(p.spectra[0].real, want.real, rtol=1e-4, atol=1e-4)
+    config = parse_config({"problem": "jobs.rate_network:make",
+                           "params": {"n": 16, "p_connect": 0.3, "points": 3},
+                           "jacfwd": {"grad_vars": "state", "sparsity": sparsity},
+                           "execution": {"shards": 4}, "analysis": {"spectrum": 5},
+                           "output": {"path": str(tmp_path / "r")}})
+    res = load(run_one(config))
+    assert res.spectrum.shape == (3, 5) and res.points == 3

@@ -17,13 +17,16 @@ class MapPart(NamedTuple):
     """One rectangle of a map: points ``[p0, p1)`` x columns (dense) or colours (sparse)
     ``[start, stop)``. Dense: ``values[k]`` holds J^T rows, ``(p1 - p0, stop - start,
     *out_shape_k)``; sparse: the nonzeros of those colours at each point, ``(p1 - p0,
-    len(plan.positions(k, start, stop)))``, in ``plan.positions`` order."""
+    len(plan.positions(k, start, stop)))``, in ``plan.positions`` order. With an analysis
+    computed where the part was (whole points only), ``spectra`` holds each point's
+    eigenvalues ``(p1 - p0, k)``, and ``values`` is None when the Jacobian is not kept."""
 
     p0: int
     p1: int
     start: int
     stop: int
-    values: list[np.ndarray]
+    values: list[np.ndarray] | None
+    spectra: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -34,18 +34,21 @@ def run_shards(program: TangentProgram, diff: list, const: list, state: list, sh
 
 
 def run_map(program: TangentProgram, points: Points, shards: int, batch_size: int | None,
-            options: WorkerOptions | None = None, columns: bool = False) -> Iterator[MapPart]:
+            options: WorkerOptions | None = None, columns: bool = False,
+            analysis: Any = None) -> Iterator[MapPart]:
     """Starts a map on the pool: its points x columns (colours) cut into ``shards`` balanced
     rectangles; returns an iterator over finished ``MapPart``s in completion order, with
     ``cancel()``. Every input array, the batched ones included, is put once; each worker
-    takes its own points of them."""
+    takes its own points of them. With an ``analysis``, parts are whole points and each
+    worker computes their spectra (``MapPart.spectra``)."""
+    shards = shards if analysis is None else min(shards, points.count)
     parts = map_parts(points.count, program.size, shards)
     return _start(program, points.groups, parts, options, columns,
-                  (points.axes, points.count, batch_size))
+                  (points.axes, points.count, batch_size), analysis)
 
 
 def _start(program: TangentProgram, groups, parts: list[tuple], options, columns: bool,
-           points: tuple | None = None) -> _Call:
+           points: tuple | None = None, analysis: Any = None) -> _Call:
     options = options or WorkerOptions()
     ensure_ray(options.address)
     pool = ENGINE.pool(options)
@@ -53,7 +56,8 @@ def _start(program: TangentProgram, groups, parts: list[tuple], options, columns
     program_ref = ENGINE.program_ref(program)
     data_refs = ENGINE.inputs.put(groups)
     weak = [[bool(getattr(x, "weak_type", False)) for x in g] for g in groups]
-    call = _Call(pool, program, program_ref, (data_refs, weak), parts, columns, points)
+    call = _Call(pool, program, program_ref, (data_refs, weak), parts, columns, points,
+                 analysis)
     call.fill()  # the shards run while the driver computes the primal
     return call
 
@@ -64,10 +68,11 @@ class _Call:
     over the pool, one in flight per actor, with retries."""
 
     def __init__(self, pool: Pool, program, program_ref, data_refs, parts, columns: bool,
-                 points: tuple | None = None):
+                 points: tuple | None = None, analysis: Any = None):
         self.pool, self.program, self.parts, self.columns = pool, program, parts, columns
         self.token, self.program_ref = program_ref
         self.data_refs, self.call_id, self.points = data_refs, uuid.uuid4().hex, points
+        self.analysis = analysis
         self.pending = list(range(len(parts)))[::-1]
         self.attempts = [0] * len(parts)
         self.in_flight: dict[Any, tuple[Any, int]] = {}
@@ -78,6 +83,8 @@ class _Call:
         *where, start, stop = self.parts[shard]
         self.attempts[shard] += 1
         extra = {} if self.points is None else {"points": (*where, *self.points)}
+        if self.analysis is not None:
+            extra["analysis"] = self.analysis
         ref = actor.rows.remote(self.token, [self.program_ref], self.call_id, [self.data_refs],
                                 start, stop - start, self.columns, **extra)
         self.in_flight[ref] = (actor, shard)
@@ -85,6 +92,8 @@ class _Call:
     def _item(self, shard: int, values: list[np.ndarray]) -> Any:
         if self.points is None:
             return self.program.shard_item(*self.parts[shard], values)
+        if self.analysis is not None:
+            return MapPart(*self.parts[shard], *values)  # (values or None, spectra)
         return MapPart(*self.parts[shard], values)
 
     def _name(self, shard: int) -> str:

@@ -101,11 +101,13 @@ class Worker:
                 for group, flags in zip(groups, weak)]
 
     def rows(self, token: str, program_box: list, call_id: str, data_box: list, start: int,
-             length: int, columns: bool = False, points: tuple | None = None
-             ) -> list[np.ndarray]:
+             length: int, columns: bool = False, points: tuple | None = None,
+             analysis: Any = None) -> Any:
         """J^T rows of one shard, or (``columns``) the same block of J, transposed; with
         ``points`` ``(p0, p1, axes, count, batch_size)``, those of a map's points ``[p0, p1)``, a
-        leading point axis on each (sparse: nonzeros, decompressed here)."""
+        leading point axis on each (sparse: nonzeros, decompressed here). With an ``analysis``
+        (whole points), ``(values or None, spectra)``: the eigenvalues are computed here, and
+        only they travel when the Jacobian is not kept."""
         begin = time.perf_counter()
         program = self._programs.get(token)
         if program is None:
@@ -133,5 +135,9 @@ class Worker:
         self.seconds["inputs"] += middle - begin
         self.seconds["kernel"] += time.perf_counter() - middle
         self.last_call = (time.time() - (time.perf_counter() - begin), time.time())
-        return out
+        if analysis is None:
+            return out
+        spectra = (analysis.dense_spectra(out) if program.plan is None else
+                   analysis.sparse_spectra(program.plan, out))
+        return (out if analysis.keep_jacobian else None), spectra
 

@@ -65,10 +65,11 @@ def run_one(config: Config, point: dict | None = None, *, max_workers: int | Non
         states = {problem.variables[name]: values
                   for name, values in (problem.states or {}).items()}
         stream = jf.map_stream(problem.args, {}, in_axes=problem.in_axes, states=states or None,
-                               batch_size=config.execution.batch_size, workers=workers)
+                               batch_size=config.execution.batch_size, workers=workers,
+                               analysis=analysis)
     else:
         stream = jf.stream(problem.args, {}, workers=workers)
-    stream.analysis = analysis
+        stream.analysis = analysis  # a single point: gathered in this process as written
     timings = {"factory_s": built - start, "primal_s": time.perf_counter() - built}
     return store.write_result(config.output.path, stream, format=config.output.format,
                               overwrite=config.output.overwrite,

@@ -41,7 +41,7 @@ def _claim(covered: np.ndarray, part: Any, unit: str) -> None:
 def dense_batch(schema: pa.Schema, layout: Layout, outputs: list[dict], covered: np.ndarray,
                 part: Any) -> pa.RecordBatch:
     """One part's J^T rows (``values[k]``: ``(p1 - p0, stop - start, *out_shape_k)``)."""
-    p0, p1, start, stop, values = part
+    p0, p1, start, stop, values = part[:5]
     want = [((p1 - p0, stop - start, *s), np.dtype(d).name)
             for s, d in zip(layout.out_shapes, layout.out_dtypes)]
     got = [(tuple(np.shape(v)), np.dtype(v.dtype).name) for v in values]
@@ -64,7 +64,7 @@ def dense_batch(schema: pa.Schema, layout: Layout, outputs: list[dict], covered:
 def sparse_batch(schema: pa.Schema, plan: SparsePlan, covered: np.ndarray, part: Any
                  ) -> pa.RecordBatch:
     """One part's entries (``values[k]``: ``(p1 - p0, len(plan.positions(k, start, stop)))``)."""
-    p0, p1, start, stop, values = part
+    p0, p1, start, stop, values = part[:5]
     positions = [plan.positions(k, start, stop) for k in range(len(plan.entries))]
     want = [(p1 - p0, p.size) for p in positions]
     if [tuple(np.shape(v)) for v in values] != want:
