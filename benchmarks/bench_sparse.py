@@ -17,12 +17,16 @@ Columns:
                     from pattern.times
   ... warm ms       median of the warm calls, J.data.block_until_ready() (BCOO) for sparse ones
   sparsejac first s jacfwd(f, pattern) (its networkx colouring) + jit compile + first call
+The network cases hold a random connectivity (16 inputs per unit, 0.1 % at n = 16384) as a dense
+matrix, in a Variable that f only reads ("network_variable") or closed over ("network_closure"):
+both must give the same nnz and colours, since a read-only Variable is a constant of the call.
   speed-up          dense warm / rayjac warm
   ... peak MiB      peak RSS during the first call, above the resting RSS of the process
   max err           relative to max |J|: rayjac J v against jax.jvp for two random v; sparsejac
                     against rayjac entry by entry; dense against rayjac at every entry, and
                     the nonzeros of dense outside the pattern ("missed")
-Dense jax.jit(jax.jacfwd(f)) is skipped where n^2 float32 exceeds DENSE_LIMIT.
+Dense jax.jit(jax.jacfwd(f)) is skipped where n^2 float32 exceeds DENSE_LIMIT, and for the
+network cases above n = DENSE_NETWORK_LIMIT.
 """
 
 from __future__ import annotations
@@ -42,10 +46,16 @@ from bench_core import _rss  # noqa: E402 - one peak-RSS reader for every benchm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [("tridiagonal", 16384), ("lorenz96", 65536), ("brusselator", 8192),
-         ("neurons", 16384), ("brusselator", 131072)]  # (name, n)
-QUICK = [("tridiagonal", 1024), ("lorenz96", 1024), ("brusselator", 512), ("neurons", 1024)]
+         ("neurons", 16384), ("brusselator", 131072), ("network_variable", 16384),
+         ("network_closure", 16384)]  # (name, n)
+QUICK = [("tridiagonal", 1024), ("lorenz96", 1024), ("brusselator", 512), ("neurons", 1024),
+         ("network_variable", 1024), ("network_closure", 1024)]
+DEGREE = 16  # inputs per unit of the network cases: 0.1 % of 16384
 IMPLS = ("rayjac", "sparsejac", "dense")  # in this order: the later ones read rayjac's pattern
 DENSE_LIMIT = 6 * 2 ** 30  # bytes of the n x n float32 Jacobian; jacfwd also holds an n x n basis
+# Dense jacfwd of the network cases is an n x n x n product (8.8 TFLOP at n = 16384, minutes per
+# call here): it runs only up to this n.
+DENSE_NETWORK_LIMIT = 4096
 
 
 def build(name: str, n: int):
@@ -92,6 +102,18 @@ def build(name: str, n: int):
                                     ah * (1 - h) - bh * h, an * (1 - k) - bn * k])
         rest = jnp.repeat(jnp.array([-65.0, 0.05, 0.6, 0.32]), count)
         return f, rest + 0.01 * jax.random.normal(key, (n,)) * jnp.abs(rest)
+    if name.startswith("network"):  # -x + W tanh(x), W random with DEGREE inputs per unit
+        import numpy as np
+        import rayjac
+        rng = np.random.default_rng(0)
+        weights = np.zeros((n, n), np.float32)  # dense, as models hold it: n^2 floats
+        weights[np.repeat(np.arange(n), DEGREE), rng.integers(0, n, n * DEGREE)] = \
+            rng.normal(size=n * DEGREE) / DEGREE ** 0.5
+        w = jax.block_until_ready(jnp.asarray(weights))  # on the device before the clock
+        if name == "network_variable":  # in a Variable that f only reads (BrainPy style)
+            var = rayjac.Variable(w)
+            return (lambda x: -x + var.value @ jnp.tanh(x)), jax.random.normal(key, (n,))
+        return (lambda x: -x + w @ jnp.tanh(x)), jax.random.normal(key, (n,))  # a constant
     raise ValueError(name)
 
 
@@ -219,6 +241,8 @@ def main() -> None:
                     r[impl] = {"error": "no pattern"}  # both need rayjac's saved pattern
                 elif impl == "dense" and 4 * n * n > DENSE_LIMIT:
                     r[impl] = {"error": f"does not fit (needs {4 * n * n / 2 ** 30:.0f} GiB)"}
+                elif impl == "dense" and name.startswith("network") and n > DENSE_NETWORK_LIMIT:
+                    r[impl] = {"error": f"skipped ({2 * n ** 3 / 1e12:.1f} TFLOP per call)"}
                 else:
                     r[impl] = run_case(name, n, impl, args.repeats, store, timeout)
         ok = {k: "error" not in v for k, v in r.items()}

@@ -44,8 +44,9 @@ def make(n: int = 100, dt: float = 0.01, g_gap: float = 0.1, p_connect: float = 
     Variables) and returns the new state ``[V, m, h, n]`` concatenated (length ``4 n``). Its
     Jacobian w.r.t. ``grad_vars: [V, m, h, n]`` is the one-step propagator of the linearised
     network. Neurons are coupled by random symmetric gap junctions (probability ``p_connect``,
-    conductance ``g_gap``) and driven by heterogeneous currents around ``i_ext`` uA/cm^2, the
-    positional argument of the function.
+    conductance ``g_gap``) held in a Variable named ``coupling`` that the function only reads
+    (so its zeros prune the sparsity pattern), and driven by heterogeneous currents around
+    ``i_ext`` uA/cm^2, the positional argument of the function.
 
     Example:
         >>> problem = make(n=4)
@@ -54,7 +55,7 @@ def make(n: int = 100, dt: float = 0.01, g_gap: float = 0.1, p_connect: float = 
     """
     k_v, k_c, k_i = jax.random.split(jax.random.key(seed), 3)
     upper = jnp.triu(jax.random.bernoulli(k_c, p_connect, (n, n)), 1)
-    coupling = g_gap * (upper + upper.T).astype(jnp.float32)
+    coupling = rayjac.Variable(g_gap * (upper + upper.T).astype(jnp.float32))
     v0 = -65.0 + 5.0 * jax.random.normal(k_v, (n,))
     gates = [a / (a + b) for a, b in _rates(v0)]
     names = ("V", "m", "h", "n")
@@ -63,7 +64,7 @@ def make(n: int = 100, dt: float = 0.01, g_gap: float = 0.1, p_connect: float = 
 
     def step(current):
         x = tuple(state[name].value for name in names)
-        f = lambda s: _vector_field(s, current, coupling)  # noqa: E731
+        f = lambda s: _vector_field(s, current, coupling.value)  # noqa: E731
         k1 = f(x)
         k2 = f(tuple(a + dt / 2 * b for a, b in zip(x, k1)))
         k3 = f(tuple(a + dt / 2 * b for a, b in zip(x, k2)))
@@ -74,4 +75,4 @@ def make(n: int = 100, dt: float = 0.01, g_gap: float = 0.1, p_connect: float = 
             state[name].value = value
         return jnp.concatenate(new)
 
-    return rayjac.Problem(step, args=(drive,), variables=state)
+    return rayjac.Problem(step, args=(drive,), variables={**state, "coupling": coupling})

@@ -38,8 +38,9 @@ def make(n: int = 2000, p_connect: float = 0.01, gain: float = 1.5, drive: float
     them. Without it, the single point ``x = 0`` (a fixed point when ``drive`` is 0), whose
     Jacobian ``-I + gain W`` loses stability at ``gain = 1``.
 
-    The connectivity ``W`` (``p_connect`` of all pairs, plus a ring) is a constant of the
-    function, so ``sparsity: auto`` finds exactly its nonzeros and the diagonal.
+    The connectivity ``W`` (``p_connect`` of all pairs, plus a ring) is a Variable named
+    ``weights``, as models keep it; the function only reads it, so it is a constant of the call
+    and ``sparsity: auto`` finds exactly its nonzeros and the diagonal.
 
     Example:
         >>> problem = make(n=20, p_connect=0.2, points=3)
@@ -47,15 +48,17 @@ def make(n: int = 2000, p_connect: float = 0.01, gain: float = 1.5, drive: float
         (3, 20)
     """
     w = jnp.asarray(connectivity(n, p_connect, seed))
+    weights = rayjac.Variable(w)
     state = rayjac.Variable(jnp.zeros(n, jnp.float32))
     inputs = jnp.full(n, drive, jnp.float32)
+    variables = {"state": state, "weights": weights}
 
     def rhs():
         x = state.value
-        return -x + gain * (w @ jnp.tanh(x)) + inputs
+        return -x + gain * (weights.value @ jnp.tanh(x)) + inputs
 
     if not along_trajectory:
-        return rayjac.Problem(rhs, variables={"state": state})
+        return rayjac.Problem(rhs, variables=variables)
     x0 = jax.random.normal(jax.random.key(seed), (n,), jnp.float32)
 
     def step(x, _):
@@ -64,4 +67,4 @@ def make(n: int = 2000, p_connect: float = 0.01, gain: float = 1.5, drive: float
         return x, x
 
     _, trajectory = jax.lax.scan(step, x0, None, length=points)
-    return rayjac.Problem(rhs, variables={"state": state}, states={"state": trajectory})
+    return rayjac.Problem(rhs, variables=variables, states={"state": trajectory})

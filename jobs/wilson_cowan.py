@@ -15,7 +15,9 @@ def make(n_exc: int = 80, n_inh: int = 20, w_ee: float = 12.0, w_ei: float = 10.
 
     Connections are random (probability ``p_connect``) with total weights ``w_xy`` from
     population ``y`` onto ``x``. The Jacobian of the right-hand side w.r.t. ``grad_vars: rates``
-    decides the stability of the network; the weight matrix is also a Variable (``weights``).
+    decides the stability of the network. The weight matrix is a Variable too (``weights``), as
+    models keep their connectivity; the function only reads it, so it is a constant of the
+    call and ``sparsity: auto`` finds exactly its nonzeros and the diagonal.
 
     Example:
         >>> problem = make(n_exc=8, n_inh=2)

@@ -20,7 +20,7 @@ from ._checks import (_check_argnums, _check_grad_vars, _check_input_dtype,
 from ._map import MapStream, assemble, local_parts, map_in_process, map_inputs
 from .core._basis import Layout, TangentBasis
 from .core._batched import stacked
-from .core._plan import SparsePlan, detect_pattern, make_plan
+from .core._plan import SparsePlan, detect_pattern, make_plan, refresh
 from .core._program import TangentProgram
 from .core._variables import StateTrace, Variable, _trace_stack
 from .sparsity import Sparsity
@@ -312,6 +312,11 @@ class JacFwd:
                 with jax.ensure_compile_time_eval():  # concrete under an outer jit too
                     plan = make_plan(program, self._sparsity, diff, const, state)
                 program = dataclasses.replace(program, plan=plan)
+            self._programs[key] = program
+        elif program.plan is not None or program.dense_pattern is not None:
+            # a read-only Variable the pattern read may have a new value: one stamp check each
+            with jax.ensure_compile_time_eval():
+                program = refresh(program, self._sparsity, diff, const, state)
             self._programs[key] = program
         return program, diff, const, state
 

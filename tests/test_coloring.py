@@ -230,3 +230,72 @@ def test_x64_mode_gives_the_same_colors():
 
 def test_docstring_examples_run():
     assert doctest.testmod(_coloring).failed == 0
+
+
+def _random(seed, n=300, per_row=5):
+    """A pattern whose colouring needs the smallest-last kernel (above the row-degree bound)."""
+    rng = np.random.default_rng(seed)
+    return np.repeat(np.arange(n), per_row), rng.integers(0, n, n * per_row), (n, n)
+
+
+def test_coloring_inside_an_outer_jit_runs_on_concrete_values(monkeypatch):
+    rows, cols, shape = _random(0)
+    eager = color_columns(rows, cols, shape)
+    calls = []
+    smallest_last = _coloring._smallest_last
+    monkeypatch.setattr(_coloring, "_smallest_last", lambda g: calls.append(1) or smallest_last(g))
+    found = {}
+
+    @jax.jit
+    def traced(x):
+        found["colors"] = color_columns(rows, cols, shape)  # while jit traces: no tracers
+        return x
+
+    traced(1.0)
+    assert calls and isinstance(found["colors"], np.ndarray)
+    assert np.array_equal(found["colors"], eager)
+
+
+def test_smallest_last_is_skipped_on_large_graphs(monkeypatch):
+    monkeypatch.setattr(_coloring, "_MAX_SMALLEST_LAST", 0)
+    monkeypatch.setattr(_coloring, "_smallest_last", None)  # calling it would fail
+    rows, cols, shape = _random(1)
+    pattern = _coloring._pattern(rows, cols, shape)
+    largest = next(_coloring._orders(_coloring._intersection_graph(pattern)))
+    best = min((_coloring._greedy(pattern, o) for o in (np.arange(shape[1]), largest)),
+               key=num_colors)
+    assert num_colors(color_columns(rows, cols, shape)) == num_colors(best)
+
+
+@pytest.mark.parametrize("pattern, warns", [
+    (tridiagonal(8), False),          # 3 colours for 8 columns
+    (block_diagonal(2, 3), False),    # 2 colours for 6 columns: exactly a third
+    (lorenz96(6), True),              # 4 colours for 6 columns: more than half
+    (dense(1, 2), True),
+    (diagonal(1), False),             # one column: nothing to save
+])
+def test_warning_when_colouring_saves_little(pattern, warns):
+    import warnings
+
+    from rayjac.sparsity import DenseColoringWarning, Sparsity
+    from rayjac.sparsity._pattern import warn_if_dense
+    sparsity = Sparsity(*pattern)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_dense(sparsity)
+    assert [w.category for w in caught] == ([DenseColoringWarning] if warns else [])
+    if warns:
+        c, (m, n) = sparsity.num_colors, sparsity.shape
+        message = str(caught[0].message)
+        assert f"{c} colours for {n} columns" in message
+        assert f"{sparsity.nnz} of {m * n} entries" in message
+
+
+def test_warning_names_the_values_detection_could_not_read():
+    from rayjac.sparsity import DenseColoringWarning, Sparsity
+    from rayjac.sparsity._pattern import warn_if_dense
+    with pytest.warns(DenseColoringWarning, match=r"(?s)value of the Variable `W` \(shape "
+                      r"\(4, 4\)\) and argument 1; with them known the pattern would need 2 "
+                      "colours"):
+        warn_if_dense(Sparsity(*dense(4, 4)), ["the Variable `W` (shape (4, 4))",
+                                                "argument 1"], 2)

@@ -12,9 +12,12 @@ from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
-from ..sparsity import Sparsity, detect
-from ..sparsity._pattern import coerce, warn_if_dense
+from ..sparsity import Sparsity
+from ..sparsity._detect import detect_reads
+from ..sparsity._pattern import coerce, saves_little, warn_if_dense
 from ._basis import Layout
+from ._constants import Watch, concrete
+from ._diagnose import blind_spots
 
 
 class SparseShard(NamedTuple):
@@ -95,7 +98,7 @@ class SparsePlan:
         out = []
         for k, block in enumerate(compressed):
             pos = self.positions(k, start, stop)
-            flat = block.reshape(block.shape[0], -1)
+            flat = block.reshape(block.shape[0], math.prod(block.shape[1:]))  # also size 0
             out.append(flat[self.colors[k][pos] - start, self.rows[k][pos]])
         return out
 
@@ -111,29 +114,104 @@ class SparsePlan:
 
 def detect_pattern(program: Any, diff: list, const: list, state: list) -> Sparsity:
     """The global pattern of the flat Jacobian that ``program``'s kernels compute, read from
-    the jaxpr of exactly that function (only the differentiated leaves seeded)."""
+    the jaxpr of exactly that function (only the differentiated leaves seeded).
+
+    The values of the Variables that ``func`` reads but neither differentiates nor writes are
+    constants of the call, as closure constants are: their zeros prune entries. The pattern
+    carries what it read of them (``pattern._watch``, see ``refresh``)."""
+    return _pattern(_detect(program, diff, const, state))
+
+
+def _pattern(found: _Found) -> Sparsity:
+    pattern = Sparsity(found.rows, found.cols, found.shape)
+    pattern.times = {"detect_s": found.seconds, **pattern.times}
+    pattern._watch = found.watch
+    return pattern
+
+
+class _Found(NamedTuple):
+    rows: np.ndarray
+    cols: np.ndarray
+    shape: tuple[int, int]
+    watch: Watch
+    seconds: float
+    jaxpr: Any
+    known: list
+
+
+def _read_only(program: Any) -> list[int]:
+    written = set(program.written)
+    return [i for i, v in enumerate(program.other_vars) if v not in written]
+
+
+def _detect(program: Any, diff: list, const: list, state: list) -> _Found:
     import jax
 
     spec = lambda x: jax.ShapeDtypeStruct(  # noqa: E731
         x.shape, x.dtype, weak_type=bool(getattr(x, "weak_type", False)))
     begin = time.perf_counter()
     outputs = lambda d, c, s: jax.tree_util.tree_leaves(program.pure(d, c, s)[0])  # noqa
-    jaxpr = jax.make_jaxpr(outputs)(*jax.tree_util.tree_map(spec, (diff, const, state)))
-    found = detect(jaxpr, [True] * len(diff) + [False] * (len(const) + len(state))).tocoo()
-    detect_s = time.perf_counter() - begin
-    pattern = Sparsity(found.row, found.col, found.shape)
-    pattern.times = {"detect_s": detect_s, **pattern.times}
-    return pattern
+    with jax.ensure_compile_time_eval():  # concrete, also when an outer jit traces the call
+        jaxpr = jax.make_jaxpr(outputs)(*jax.tree_util.tree_map(spec, (diff, const, state)))
+        read_only, offset = _read_only(program), len(diff) + len(const)
+        known = [None] * offset + [np.asarray(x) if i in read_only and concrete(x) else None
+                                   for i, x in enumerate(state)]
+        seeded = [True] * len(diff) + [False] * (len(const) + len(state))
+        found, reads = detect_reads(jaxpr, seeded, known)
+    found = found.tocoo()
+    shift = lambda ids: frozenset(i - offset for i in ids)  # noqa: E731
+    watch = Watch.build(program.other_vars, state, read_only, shift(reads.values),
+                        shift(reads.masks))
+    return _Found(found.row, found.col, found.shape, watch, time.perf_counter() - begin,
+                  jaxpr, known)
 
 
 def make_plan(program: Any, option: Any, diff: list, const: list, state: list) -> SparsePlan:
     """The decompression plan of one call signature: the detected (``"auto"``) or given
-    pattern, coloured, laid out over the blocks of ``program.layout``."""
+    pattern, coloured, laid out over the blocks of ``program.layout``. Detection and
+    colouring run on concrete values, also when an outer ``jax.jit`` traces the call."""
+    import jax
+
     layout = program.layout
     shape = (sum(math.prod(s) for s in layout.out_shapes), layout.basis.n)
-    if isinstance(option, str):
-        pattern = detect_pattern(program, diff, const, state)
-    else:
+    with jax.ensure_compile_time_eval():
+        if isinstance(option, str):
+            return _plan_detected(program, _detect(program, diff, const, state), diff, const,
+                                  state)
         pattern = coerce(option, shape)
-    warn_if_dense(pattern)
-    return SparsePlan.build(pattern, layout)
+        warn_if_dense(pattern)
+        return SparsePlan.build(pattern, layout)
+
+
+def _plan_detected(program: Any, found: _Found, diff: list, const: list,
+                   state: list) -> SparsePlan:
+    pattern = _pattern(found)
+    causes, better = ((), None)
+    if saves_little(pattern):
+        causes, better = blind_spots(program, found, diff, const, state, pattern.num_colors)
+    warn_if_dense(pattern, causes, better)
+    return SparsePlan.build(pattern, program.layout)
+
+
+def refresh(program: Any, option: Any, diff: list, const: list, state: list) -> Any:
+    """``program``, or a copy with its pattern detected again when a read-only Variable it
+    read was assigned a value that the pattern may not hold for (``Watch.changed``: one stamp
+    comparison per such Variable when none was assigned). A dense program forgets its
+    ``jf.sparsity`` pattern instead; a given pattern is kept."""
+    pattern = program.plan.pattern if program.plan is not None else program.dense_pattern
+    watch = getattr(pattern, "_watch", None)
+    if watch is None or not watch.changed(program.other_vars, state):
+        return program
+    if program.plan is None:
+        program.dense_pattern = None
+        return program
+    import jax
+
+    with jax.ensure_compile_time_eval():
+        found = _detect(program, diff, const, state)
+        if np.array_equal(found.rows, pattern.rows) and np.array_equal(found.cols,
+                                                                        pattern.cols):
+            pattern._watch = found.watch  # the same pattern: keep the compiled program
+            return program
+        return dataclasses.replace(program, plan=_plan_detected(program, found, diff, const,
+                                                                state))

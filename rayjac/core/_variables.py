@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import threading
 from typing import Any, Iterator
@@ -12,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 _local = threading.local()
+# Every assignment of a Variable's value takes the next stamp: a cached sparsity pattern that
+# read a Variable's value is checked again only when its stamp has changed (O(1) otherwise).
+_stamps = itertools.count(1)
 
 
 def _trace_stack() -> list[StateTrace]:
@@ -38,11 +42,13 @@ class Variable:
     __array_priority__ = 100
 
     _detached = False  # a node rebuilt by tree_unflatten: see tree_unflatten
+    _stamp = 0  # of the last assignment of the value: see stamp()
 
     def __init__(self, value: Any):
         if isinstance(value, Variable):
             value = value.value
         self._value = jnp.asarray(value)
+        self._stamp = next(_stamps)
 
     @property
     def value(self) -> jax.Array:
@@ -60,6 +66,7 @@ class Variable:
             stack[-1].write(self, new)
         else:
             self._value = new
+            self._stamp = next(_stamps)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -137,11 +144,17 @@ class Variable:
             self._value = jax.ShapeDtypeStruct(state["_spec"][0], np.dtype(state["_spec"][1]))
         else:
             self._value = jnp.asarray(state["_value"])
+        self._stamp = next(_stamps)
 
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.value, name)
+
+
+def stamp(var: Variable) -> int:
+    """A number that changes whenever ``var``'s value is assigned (never reused in a process)."""
+    return var._stamp
 
 
 def _unwrap(x: Any) -> Any:

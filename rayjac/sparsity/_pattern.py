@@ -3,9 +3,11 @@ user may pass as ``sparsity=``."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,7 +19,8 @@ _FORMS = ("None (dense), 'auto' (detect from the jaxpr), a rayjac.Sparsity, or a
 
 
 class DenseColoringWarning(UserWarning):
-    """Colouring the pattern saves nothing: it needs as many colours (JVPs) as columns."""
+    """Colouring the pattern saves little: more than half as many colours (JVPs) as columns,
+    or more than half the entries of the dense block."""
 
 
 class Sparsity:
@@ -163,11 +166,47 @@ def is_bcoo(x: Any) -> bool:
     return isinstance(x, sparse.BCOO)
 
 
-def warn_if_dense(pattern: Sparsity) -> None:
-    n = pattern.shape[1]
-    if n > 1 and pattern.num_colors == n:
-        warnings.warn(
-            f"rayjac.jacfwd(sparsity=...): the pattern needs {n} colours for {n} columns, so "
-            "colouring saves nothing (e.g. a row that depends on every input); the result is "
-            "still returned as BCOO blocks. Use sparsity=None for the dense path.",
-            DenseColoringWarning, stacklevel=4)
+def saves_little(pattern: Sparsity) -> bool:
+    """More than half as many colours (JVPs) as columns, or more than half the entries of the
+    dense block: the sparse call costs about as much as the dense one, or more."""
+    (m, n), colors = pattern.shape, pattern.num_colors
+    return n > 1 and (2 * colors > n or 2 * pattern.nnz > m * n)
+
+
+def warn_if_dense(pattern: Sparsity, causes: Sequence[str] = (), better: int | None = None
+                  ) -> None:
+    """Warns ``DenseColoringWarning`` when colouring saves little (``saves_little``), with the
+    colours, columns and density; ``causes`` name the values detection could not read that
+    would have pruned the pattern to ``better`` colours."""
+    if not saves_little(pattern):
+        return
+    (m, n), colors = pattern.shape, pattern.num_colors
+    if causes:
+        why = (f"Detection could not see through the value of {_listed(causes)}; with "
+               f"{'it' if len(causes) == 1 else 'them'} known the pattern would need {better} "
+               "colours. Keep such constants (e.g. a connectivity) in a Variable that func "
+               "only reads, or close over them, or pass sparsity= a pattern.")
+    else:
+        why = ("The Jacobian itself may be this dense (e.g. a row or a column that depends "
+               "on every input), or a primitive without an exact sparsity rule widened the "
+               "pattern (see any ConservativeRuleWarning).")
+    warnings.warn(
+        f"rayjac.jacfwd(sparsity=...): colouring saves little: the pattern needs {colors} "
+        f"colours for {n} columns ({colors / n:.0%} of the JVPs of the dense call) and holds "
+        f"{pattern.nnz} of {m * n} entries (density {pattern.nnz / (m * n):.3g}). {why} The "
+        "result is still returned as BCOO blocks; sparsity=None gives the dense path.",
+        DenseColoringWarning, stacklevel=_outside_rayjac())
+
+
+def _outside_rayjac() -> int:
+    """The stacklevel of the innermost caller outside the rayjac package (the user's call)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _listed(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -11,4 +11,6 @@ structural nonzeros, never fewer.
 """
 
 from ._interpret import ConservativeRuleWarning as ConservativeRuleWarning
+from ._interpret import Reads as Reads
 from ._interpret import detect as detect
+from ._interpret import detect_reads as detect_reads

@@ -10,13 +10,15 @@ import numpy as np
 from ._deps import Val, group, ids, spread, take, union
 
 
-def _canonical(v: Val, batch, free, contract) -> tuple[np.ndarray, np.ndarray | None]:
-    """Element numbers (and known values) moved to (batch, free, contract) order, as 3-D."""
+def _canonical(ctx, v: Val, batch, free, contract):
+    """The (batch, free, contract) sizes and, moved to that order as 3-D, the element numbers
+    (when ``v`` has dependencies) or where its known value is nonzero (when it has one)."""
     order = [*batch, *free, *contract]
-    shape = [math.prod(v.shape[d] for d in dims) for dims in (batch, free, contract)]
-    numbers = ids(v.shape).transpose(order).reshape(shape)
-    value = None if v.value is None else (v.value.transpose(order).reshape(shape) != 0)
-    return numbers, value
+    shape = tuple(math.prod(v.shape[d] for d in dims) for dims in (batch, free, contract))
+    if v.deps is not None:
+        return shape, ids(v.shape).transpose(order).reshape(shape), None
+    nonzero = ctx.nonzero(v)
+    return shape, None, None if nonzero is None else nonzero.transpose(order).reshape(shape)
 
 
 def dot_general(ctx, eqn, args):
@@ -26,21 +28,27 @@ def dot_general(ctx, eqn, args):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lf = [d for d in range(len(lhs.shape)) if d not in lc and d not in lb]
     rf = [d for d in range(len(rhs.shape)) if d not in rc and d not in rb]
-    lnum, lnz = _canonical(lhs, lb, lf, lc)  # (B, M, K)
-    rnum, rnz = _canonical(rhs, rb, rf, rc)  # (B, N, K)
-    rnum = rnum.transpose(0, 2, 1)
-    rnz = None if rnz is None else rnz.transpose(0, 2, 1)  # (B, K, N)
+    (b, m, _), lnum, lnz = _canonical(ctx, lhs, lb, lf, lc)  # (B, M, K)
+    (_, n, _), rnum, rnz = _canonical(ctx, rhs, rb, rf, rc)  # (B, N, K)
     parts = []
     if lhs.deps is not None:
-        parts.append(_lhs_side(lhs.deps, lnum, rnz, rnum.shape[2]))
+        parts.append(_lhs_side(lhs.deps, lnum, None if rnz is None else rnz.transpose(0, 2, 1),
+                               n))
     if rhs.deps is not None:
         # The rhs side is the lhs side of the transposed product.
-        flip = _lhs_side(rhs.deps, rnum.transpose(0, 2, 1),
-                         None if lnz is None else lnz.transpose(0, 2, 1), lnum.shape[1])
-        b, m, n = lnum.shape[0], lnum.shape[1], rnum.shape[2]
+        flip = _lhs_side(rhs.deps, rnum, None if lnz is None else lnz.transpose(0, 2, 1), m)
         parts.append(take(flip, ids((b, n, m)).transpose(0, 2, 1)))
     aval = eqn.outvars[0].aval
     return [Val(aval.shape, aval.dtype, union(parts))]
+
+
+def _nonzero3(a: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``np.nonzero`` of a 3-D array, fast also for a view with its last two axes swapped."""
+    swapped = a.transpose(0, 2, 1)
+    if not a.flags.c_contiguous and swapped.flags.c_contiguous:
+        b, j, i = np.nonzero(swapped)
+        return b, i, j
+    return np.nonzero(a)
 
 
 def _lhs_side(deps, lnum: np.ndarray, rnz: np.ndarray | None, n: int):
@@ -50,7 +58,7 @@ def _lhs_side(deps, lnum: np.ndarray, rnz: np.ndarray | None, n: int):
         per_row = np.empty(lnum.size, dtype=np.int64)
         per_row[lnum.ravel()] = np.repeat(np.arange(b * m), k)
         return take(group(deps, per_row, b * m), np.repeat(np.arange(b * m), n))
-    bb, kk, nn = np.nonzero(rnz)
+    bb, kk, nn = _nonzero3(rnz)
     mm = np.arange(m)[None, :]
     out_rows = (bb[:, None] * m + mm) * n + nn[:, None]
     in_rows = lnum[bb[:, None], mm, kk[:, None]]
@@ -90,7 +98,7 @@ def conv_general_dilated(ctx, eqn, args):
                          p["padding"], p["lhs_dilation"] or (1,) * nspace,
                          p["rhs_dilation"] or (1,) * nspace)
     knum = knum.reshape(knum.shape[0], knum.shape[1], -1)
-    known = None if rhs.value is None else rhs.value.transpose(dn.rhs_spec) != 0
+    known = None if rhs.value is None else ctx.nonzero(rhs).transpose(dn.rhs_spec)
     taps = np.nonzero(known.reshape(knum.shape)) if known is not None else \
         np.indices(knum.shape).reshape(3, -1)
     out_el, lhs_el, k_el, valid = _conv_elements(lnum, knum, onum, table, taps, p)
@@ -99,7 +107,7 @@ def conv_general_dilated(ctx, eqn, args):
         parts.append(spread(lhs.deps, out_el[valid], lhs_el[valid], size))
     if rhs.deps is not None:
         if lhs.value is not None:
-            valid = valid & (lhs.value.ravel()[lhs_el] != 0)
+            valid = valid & ctx.nonzero(lhs).ravel()[lhs_el]
         parts.append(spread(rhs.deps, out_el[valid], k_el[valid], size))
     return [Val(out.shape, out.dtype, union(parts))]
 

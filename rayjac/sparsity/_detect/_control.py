@@ -3,6 +3,8 @@ branches, custom_jvp through its JVP rule."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,10 +25,10 @@ def cond(ctx, eqn, args):
     """The branch a known index selects (clamped, as ``lax.switch``), else any branch."""
     branches, index, operands = eqn.params["branches"], args[0], args[1:]
     if index.value is not None:
-        chosen = int(np.clip(int(index.value), 0, len(branches) - 1))
+        chosen = int(np.clip(int(ctx.value(index)), 0, len(branches) - 1))
         return ctx.run(branches[chosen], operands)
     results = [ctx.run(branch, operands) for branch in branches]
-    return [join([r[j] for r in results]) for j in range(len(eqn.outvars))]
+    return [join(ctx, [r[j] for r in results]) for j in range(len(eqn.outvars))]
 
 
 def _rule_key(eqn):
@@ -48,9 +50,9 @@ def custom_jvp_call(ctx, eqn, args):
         return ctx.run(p["call_jaxpr"], args)
     if all(a.deps is None for a in args[p["num_consts"]:]):
         # No tangents (JAX gives none to closure constants): the primal gives the values.
-        return ctx.run(p["call_jaxpr"], [Val(a.shape, a.dtype, None, a.value) for a in args])
+        return ctx.run(p["call_jaxpr"], [_primal(a) for a in args])
     rule, diff = ctx.cached(("jvp", id(eqn)), lambda: (eqn, *_trace_jvp(eqn, args)))[1:]
-    primals = [Val(a.shape, a.dtype, None, a.value) for a in args]
+    primals = [_primal(a) for a in args]
     tangents = [Val(args[i].shape, args[i].dtype, args[i].deps) for i in diff]
     ctx.jvp_active.append(key)
     try:
@@ -58,8 +60,14 @@ def custom_jvp_call(ctx, eqn, args):
     finally:
         ctx.jvp_active.pop()
     k = len(outs)
-    return [Val(v.aval.shape, v.aval.dtype, t.deps, None if t.deps is not None else pr.value)
+    return [Val(v.aval.shape, v.aval.dtype, t.deps) if t.deps is not None else
+            dataclasses.replace(pr, shape=tuple(v.aval.shape), dtype=v.aval.dtype)
             for v, pr, t in zip(outs, res[:k], res[k:])]
+
+
+def _primal(a: Val) -> Val:
+    """The primal of an operand: its known value (and its origin), no dependencies."""
+    return dataclasses.replace(a, deps=None)
 
 
 def _trace_jvp(eqn, args) -> tuple[jax.extend.core.ClosedJaxpr, list[int]]:

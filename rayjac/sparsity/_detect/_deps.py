@@ -21,12 +21,19 @@ class Val:
     """An array of the program: its shape and dtype, its dependencies and, if known, its value.
 
     A known value is constant with respect to the inputs, so it never comes with ``deps``.
+    Where it comes from (see ``_known``): ``src``, the known inputs it derives from (``FIXED``:
+    none, a true constant; ``None``: untracked, so possibly any); ``nz``, a superset of its
+    nonzeros that holds for every value of those inputs with their current zeros; ``level``,
+    how much of it their zeros fix (``SUPERSET`` < ``MASK`` < ``VALUE``).
     """
 
     shape: tuple[int, ...]
     dtype: np.dtype
     deps: sp.csr_array | None = None
     value: np.ndarray | None = None
+    src: frozenset | None = None
+    nz: np.ndarray | None = None
+    level: int = 0
 
     @property
     def size(self) -> int:
@@ -168,12 +175,20 @@ def repeat(row: sp.csr_array | None, size: int) -> sp.csr_array | None:
     return csr(np.arange(size + 1, dtype=np.int64) * k, np.tile(row.indices, size), row.shape[1])
 
 
-def join(vals: Sequence[Val]) -> Val:
-    """What any one of ``vals`` may be: their dependencies united, their value if all agree."""
+def join(ctx, vals: Sequence[Val]) -> Val:
+    """What any one of ``vals`` may be: their dependencies united, their value if all agree
+    (a comparison that reads every value: ``ctx.value``)."""
     first = vals[0]
     deps = union(v.deps for v in vals)
-    agree = deps is None and all(same_value(first.value, v.value) for v in vals[1:])
-    return Val(first.shape, first.dtype, deps, first.value if agree else None)
+    if len(vals) == 1:
+        return first
+    agree = deps is None and all(same_value(ctx.value(first), ctx.value(v)) for v in vals[1:])
+    if not agree:
+        return Val(first.shape, first.dtype, deps)
+    src = None if any(v.src is None for v in vals) else frozenset().union(*(v.src for v in vals))
+    nz = None if any(v.nz is None for v in vals) else np.logical_or.reduce([v.nz for v in vals])
+    return Val(first.shape, first.dtype, None, first.value, src, nz,
+               min(v.level for v in vals) if nz is not None else 0)
 
 
 def same_value(a: np.ndarray | None, b: np.ndarray | None) -> bool:

@@ -46,12 +46,12 @@ def nary(ctx, eqn, args):
     return [_result(eqn, union(broadcast(a, shape) for a in args))]
 
 
-def _pruned(v: Val, other: Val, shape):
+def _pruned(ctx, v: Val, other: Val, shape):
     """``v``'s rows, empty where the other factor is a known zero."""
     deps = broadcast(v, shape)
     if deps is None or other.value is None:
         return deps
-    nonzero = np.broadcast_to(other.value != 0, shape).ravel()
+    nonzero = np.broadcast_to(ctx.nonzero(other), shape).ravel()
     if nonzero.all():
         return deps
     return take(deps, np.where(nonzero, np.arange(nonzero.size), -1))
@@ -61,14 +61,14 @@ def mul(ctx, eqn, args):
     """d(xy) = y dx + x dy: a known zero factor removes the other's dependencies."""
     x, y = args
     shape = tuple(eqn.outvars[0].aval.shape)
-    return [_result(eqn, union([_pruned(x, y, shape), _pruned(y, x, shape)]))]
+    return [_result(eqn, union([_pruned(ctx, x, y, shape), _pruned(ctx, y, x, shape)]))]
 
 
 def div(ctx, eqn, args):
     """d(x/y) = dx/y - x dy/y^2: a known zero numerator removes the divisor's dependencies."""
     x, y = args
     shape = tuple(eqn.outvars[0].aval.shape)
-    return [_result(eqn, union([broadcast(x, shape), _pruned(y, x, shape)]))]
+    return [_result(eqn, union([broadcast(x, shape), _pruned(ctx, y, x, shape)]))]
 
 
 def integer_pow(ctx, eqn, args):
@@ -82,7 +82,7 @@ def select_n(ctx, eqn, args):
     shape = tuple(eqn.outvars[0].aval.shape)
     if pred.value is None:
         return [_result(eqn, union(broadcast(c, shape) for c in cases))]
-    which = np.broadcast_to(pred.value, shape).ravel().astype(np.int64)
+    which = np.broadcast_to(ctx.value(pred), shape).ravel().astype(np.int64)
     at = np.arange(which.size)
     parts = [take(broadcast(c, shape), np.where(which == k, at, -1))
              for k, c in enumerate(cases) if c.deps is not None]

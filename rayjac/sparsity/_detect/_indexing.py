@@ -40,9 +40,10 @@ def _result(eqn, deps) -> list[Val]:
 def gather(ctx, eqn, args):
     """``x[idx]`` and friends; out-of-bounds fills read nothing."""
     x, indices, p = args[0], args[1], eqn.params
-    axes = () if indices.value is not None else p["dimension_numbers"].start_index_map
+    where = ctx.value(indices)
+    axes = () if where is not None else p["dimension_numbers"].start_index_map
     groups, deps, _ = _collapse(x, axes)
-    where = indices.value if indices.value is not None else np.zeros(indices.shape, np.int32)
+    where = where if where is not None else np.zeros(indices.shape, np.int32)
     src = bind(eqn.primitive, dict(p, fill_value=-1), [_int32(groups), where])[0]
     return _result(eqn, take(deps, np.asarray(src)))
 
@@ -73,10 +74,11 @@ def scatter(ctx, eqn, args):
     """Updates land on their targets; a plain scatter (no combining) drops the operand
     element where an update surely lands."""
     x, indices, updates = args[:3]
-    known = indices.value is not None
+    where = ctx.value(indices)
+    known = where is not None
     axes = () if known else eqn.params["dimension_numbers"].scatter_dims_to_operand_dims
     groups, _, count = _collapse(Val(x.shape, x.dtype), axes)
-    where = indices.value if known else np.zeros(indices.shape, np.int32)
+    where = where if known else np.zeros(indices.shape, np.int32)
     targets = _targets(eqn.params, _int32(groups), where, updates.shape)
     landed = group(updates.deps, targets, count)
     kept = x.deps
@@ -87,22 +89,23 @@ def scatter(ctx, eqn, args):
     return _result(eqn, union([kept, take(landed, groups)]))
 
 
-def _starts(starts, shape, sizes) -> tuple[list, list]:
+def _starts(ctx, starts, shape, sizes) -> tuple[list, list]:
     """Clamped start of each axis (0 where unknown) and the axes whose start is unknown."""
     first, unknown = [], []
     for axis, (s, dim, size) in enumerate(zip(starts, shape, sizes)):
-        if s.value is None:
+        value = ctx.value(s)
+        if value is None:
             unknown.append(axis)
             first.append(0)
         else:
-            first.append(int(np.clip(int(s.value), 0, dim - size)))
+            first.append(int(np.clip(int(value), 0, dim - size)))
     return first, unknown
 
 
 def dynamic_slice(ctx, eqn, args):
     """A box at (clamped) start indices; unknown starts unite the whole axis."""
     x, sizes = args[0], eqn.params["slice_sizes"]
-    first, unknown = _starts(args[1:], x.shape, sizes)
+    first, unknown = _starts(ctx, args[1:], x.shape, sizes)
     groups, deps, _ = _collapse(x, unknown)
     box = tuple(slice(f, f + s) for f, s in zip(first, sizes))
     return _result(eqn, take(deps, groups[box]))
@@ -111,7 +114,7 @@ def dynamic_slice(ctx, eqn, args):
 def dynamic_update_slice(ctx, eqn, args):
     """The update overwrites a box; with an unknown start it may land anywhere on that axis."""
     x, update = args[0], args[1]
-    first, unknown = _starts(args[2:], x.shape, update.shape)
+    first, unknown = _starts(ctx, args[2:], x.shape, update.shape)
     if not unknown:
         (src, upd), deps = numbered(ctx.n, [x, update])
         src = src.copy()

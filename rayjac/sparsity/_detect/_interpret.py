@@ -6,14 +6,16 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from jax.extend import core as jcore
 
-from . import _contract, _control, _elementwise, _indexing, _layout, _loops, _reduce
+from . import _contract, _control, _elementwise, _indexing, _layout, _linalg, _loops, _reduce
 from ._deps import Val, bind, everything, identity, repeat, stack
+from ._known import Uses, derived, fixed, known_input
 
 # Folding an output this large costs more than the pruning it can buy; unknown is always safe.
 _FOLD_LIMIT = 2**24
@@ -34,6 +36,15 @@ class Interpreter:
         self.warnings: dict[str, str] = {}  # one message per primitive and call
         self.jvp_active: list = []  # keys of the custom_jvp rules being followed
         self.cache: dict = {}
+        self.uses = Uses()  # what the rules read of known inputs' values
+
+    def value(self, v: Val) -> np.ndarray | None:
+        """``v``'s known value (``None``: unknown), for a decision that reads all of it."""
+        return self.uses.value(v)
+
+    def nonzero(self, v: Val) -> np.ndarray | None:
+        """A superset of where ``v`` is nonzero (``None``: unknown), to prune with."""
+        return self.uses.nonzero(v)
 
     def warn(self, name: str, message: str) -> None:
         """Record a conservative step, reported once per primitive when detection ends."""
@@ -96,7 +107,7 @@ class Interpreter:
 def _read(env: dict, atom) -> Val:
     if isinstance(atom, jcore.Literal):
         aval = atom.aval
-        return Val(aval.shape, aval.dtype, None, _as_array(atom.val, aval.dtype))
+        return fixed(aval.shape, aval.dtype, _as_array(atom.val, aval.dtype))
     return env[atom]
 
 
@@ -109,7 +120,7 @@ def _as_array(x, dtype) -> np.ndarray | None:
 
 
 def _const_vals(closed: jcore.ClosedJaxpr) -> list[Val]:
-    return [Val(v.aval.shape, v.aval.dtype, None, _as_array(c, v.aval.dtype))
+    return [fixed(v.aval.shape, v.aval.dtype, _as_array(c, v.aval.dtype))
             for v, c in zip(closed.jaxpr.constvars, closed.consts)]
 
 
@@ -145,9 +156,9 @@ def _fold(eqn: jcore.JaxprEqn, args: list[Val]) -> list[Val]:
         return unknown
     try:
         outs = bind(eqn.primitive, eqn.params, [a.value for a in args])
-        return [Val(a.shape, a.dtype, None, _as_array(o, a.dtype)) for a, o in zip(avals, outs)]
     except Exception:  # noqa: BLE001 - a primitive that will not run eagerly is just unknown
         return unknown
+    return derived(eqn, args, avals, [_as_array(o, a.dtype) for a, o in zip(avals, outs)])
 
 
 _UNARY = """neg exp exp2 log log1p expm1 sin cos tan asin acos atan sinh cosh tanh asinh acosh
@@ -160,7 +171,7 @@ _ZERO = """floor ceil round sign is_finite not and or xor eq ne lt le gt ge eq_t
     shift_left shift_right_arithmetic shift_right_logical population_count clz stop_gradient
     argmax argmin reduce_and reduce_or reduce_xor iota random_bits random_seed random_wrap
     random_unwrap random_split random_fold_in rng_bit_generator mulhi platform_index
-    debug_callback debug_print dce_sink""".split()
+    debug_callback debug_print dce_sink lu_pivots_to_permutation""".split()
 _SAME = """optimization_barrier pvary device_put sharding_constraint reshard layout_constraint
     name""".split()
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
@@ -214,47 +225,82 @@ RULES: dict[str, Rule] = {
     "cond": _control.cond,
     "while": _loops.while_loop,
     "scan": _loops.scan,
+    "cholesky": _linalg.cholesky,
+    "triangular_solve": _linalg.triangular_solve,
+    "lu": _linalg.lu,
+    "qr": _linalg.qr,
+    "custom_linear_solve": _linalg.custom_linear_solve,
 }
 
 
-def detect(jaxpr: jcore.ClosedJaxpr, seeded: Sequence[bool]) -> sp.csr_array:
+class Reads(NamedTuple):
+    """What a pattern read of the known inputs of ``detect_reads`` (their indices)."""
+
+    values: frozenset  # may depend on any change of these values
+    masks: frozenset  # depends only on where these are zero
+
+
+def detect(jaxpr: jcore.ClosedJaxpr, seeded: Sequence[bool],
+           known: Sequence[np.ndarray | None] | None = None) -> sp.csr_array:
     """Global sparsity pattern of d(outputs)/d(seeded inputs) of a closed jaxpr.
 
     Input i of the jaxpr is differentiated when ``seeded[i]``; its elements (row-major) get
     consecutive column numbers, in input order, so n is the total size of the seeded inputs.
     Rows are the outputs' elements, row-major, in output order (m is the total output size).
-    Unseeded inputs have no dependencies and unknown values; closure constants and literals
-    have known values, which may prune entries. The pattern holds for every input value: it
-    may have more entries than needed, never fewer. Primitives without a rule (and loops that
-    do not settle) are handled conservatively, with one ``ConservativeRuleWarning`` per
-    primitive and call.
+    Unseeded inputs have no dependencies and unknown values, unless ``known[i]`` gives one
+    (as for a read-only Variable); closure constants and literals have known values. Known
+    values may prune entries. The pattern holds for every value of the seeded and unknown
+    inputs: it may have more entries than needed, never fewer. Primitives without a rule (and
+    loops that do not settle) are handled conservatively, with one ``ConservativeRuleWarning``
+    per primitive and call.
 
     Args:
         jaxpr: e.g. ``jax.make_jaxpr(fn)(*avals)``.
         seeded: one flag per jaxpr input.
+        known: optional, one value (numpy, the input's shape) or ``None`` per jaxpr input;
+            seeded inputs must have ``None``.
 
     Returns:
         A bool ``scipy.sparse.csr_array`` of shape (m, n) with sorted indices.
 
     Example:
-        >>> import jax, jax.numpy as jnp
+        >>> import jax, jax.numpy as jnp, numpy as np
         >>> jaxpr = jax.make_jaxpr(lambda x: x[1:] - x[:-1])(jnp.zeros(4))
         >>> detect(jaxpr, [True]).toarray().astype(int)
         array([[1, 1, 0, 0],
                [0, 1, 1, 0],
                [0, 0, 1, 1]])
+        >>> w = np.array([[0.0, 2.0], [0.0, 0.0]], np.float32)
+        >>> jaxpr = jax.make_jaxpr(lambda x, w: w @ x)(jnp.zeros(2), w)
+        >>> detect(jaxpr, [True, False], known=[None, w]).toarray().astype(int)
+        array([[0, 1],
+               [0, 0]])
     """
+    return detect_reads(jaxpr, seeded, known)[0]
+
+
+def detect_reads(jaxpr: jcore.ClosedJaxpr, seeded: Sequence[bool],
+                 known: Sequence[np.ndarray | None] | None = None
+                 ) -> tuple[sp.csr_array, Reads]:
+    """``detect``, and what the pattern read of the ``known`` inputs (``Reads``): a new
+    value of an input in neither set keeps the pattern; one in ``masks`` keeps it when its
+    zeros are unchanged."""
     in_avals = [v.aval for v in jaxpr.jaxpr.invars]
-    if len(seeded) != len(in_avals):
-        raise ValueError(f"detect expected one seeded flag per jaxpr input ({len(in_avals)}), "
-                         f"but got {len(seeded)}.")
+    known = list(known) if known is not None else [None] * len(in_avals)
+    for what, given in (("seeded flag", seeded), ("known value (or None)", known)):
+        if len(given) != len(in_avals):
+            raise ValueError(f"detect expected one {what} per jaxpr input ({len(in_avals)}), "
+                             f"but got {len(given)}.")
     sizes = [math.prod(a.shape) for a in in_avals]
     n = sum(s for s, flag in zip(sizes, seeded) if flag)
     args, offset = [], 0
-    for aval, size, flag in zip(in_avals, sizes, seeded):
+    for i, (aval, size, flag, value) in enumerate(zip(in_avals, sizes, seeded, known)):
         # Integer inputs keep their columns but, as in JAX, have no derivative.
         live = flag and jnp.issubdtype(aval.dtype, np.inexact)
-        args.append(Val(aval.shape, aval.dtype, identity(offset, size, n) if live else None))
+        if value is not None and not flag:
+            args.append(known_input(i, aval.shape, aval.dtype, np.asarray(value, aval.dtype)))
+        else:
+            args.append(Val(aval.shape, aval.dtype, identity(offset, size, n) if live else None))
         offset += size if flag else 0
     interp = Interpreter(n)
     outs = [_finish(o, v.aval) for o, v in zip(interp.run(jaxpr, args), jaxpr.jaxpr.outvars)]
@@ -262,7 +308,11 @@ def detect(jaxpr: jcore.ClosedJaxpr, seeded: Sequence[bool]) -> sp.csr_array:
         warnings.warn(
             f"Sparsity detection: {why}. The detected pattern may have more entries than "
             f"needed (never fewer). To use a tighter one, pass your own pattern with "
-            f"sparsity=.", ConservativeRuleWarning, stacklevel=2)
+            f"sparsity=.", ConservativeRuleWarning, stacklevel=3)
     m = sum(o.size for o in outs)
     pattern = stack([(o.deps, o.size) for o in outs], n)
-    return pattern if pattern is not None else sp.csr_array((m, n), dtype=bool)
+    uses = interp.uses
+    given = frozenset(i for i, v in enumerate(known) if v is not None and not seeded[i])
+    values = given if uses.untracked else frozenset(uses.values) & given
+    reads = Reads(values, (frozenset(uses.masks) & given) - values)
+    return (pattern if pattern is not None else sp.csr_array((m, n), dtype=bool)), reads

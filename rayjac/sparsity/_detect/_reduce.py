@@ -49,11 +49,17 @@ def reduce(ctx, eqn, args):
 
 def cumulative(ctx, eqn, args):
     """Prefix (or suffix, ``reverse``) unions along ``axis``."""
-    x, axis = args[0], eqn.params["axis"]
-    length = x.shape[axis]
-    lines = np.moveaxis(ids(x.shape), axis, -1).reshape(-1, length)
-    order = (lines[:, ::-1] if eqn.params["reverse"] else lines).ravel()
-    deps = take(x.deps, order)  # row k of line l is element k of that line, in scan order
+    x, p = args[0], eqn.params
+    return _results(eqn, prefix_union(x.deps, x.shape, p["axis"], p["reverse"]))
+
+
+def prefix_union(deps, shape, axis: int, reverse: bool = False):
+    """Rows of an array of ``shape`` whose element ``i`` along ``axis`` unites the elements
+    ``<= i`` (``>= i`` with ``reverse``) of its line."""
+    length = shape[axis]
+    lines = np.moveaxis(ids(shape), axis, -1).reshape(-1, length)
+    order = (lines[:, ::-1] if reverse else lines).ravel()
+    deps = take(deps, order)  # row k of line l is element k of that line, in scan order
     at = np.tile(np.arange(length), len(lines))
     shift = 1
     while shift < length:  # doubling: log2(length) unions instead of length**2 / 2 pairs
@@ -61,7 +67,7 @@ def cumulative(ctx, eqn, args):
         shift *= 2
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
-    return _results(eqn, take(deps, back))
+    return take(deps, back)
 
 
 def sort(ctx, eqn, args):
