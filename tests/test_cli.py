@@ -104,10 +104,12 @@ def test_sweep_with_a_failed_run_exits_1_and_reports_it(workdir, capsys, monkeyp
     code, out, err = cli(capsys, "run", config)
     assert code == 1 and out == ""
     # runs end in any order: the count is of runs finished so far
-    assert re.search(r"\[[12]/2\] n-2: FAILED: ValueError: Lorenz-96 needs n >= 4 sites, "
+    assert re.search(r"\[[12]/2\] n-2: FAILED: FactoryError: the job factory "
+                     r"jobs\.lorenz96:make raised ValueError when called with params "
+                     r"\{'n': 2\}: Lorenz-96 needs n >= 4 sites, "
                      r"got n=2\.", err)
     assert "1 of 2 runs done, 1 failed" in err
-    assert "failed: n-2: ValueError" in err
+    assert "failed: n-2: FactoryError: the job factory jobs.lorenz96:make raised ValueError" in err
     code, out, _ = cli(capsys, "show", "sw")
     assert code == 0
     assert out.splitlines()[0].split() == ["run_id", "params.n", "status", "error", "path"]
