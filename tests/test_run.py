@@ -1,6 +1,7 @@
 """Running configs (rayjac.runs): single runs, factories, grad_vars, sweeps and resume."""
 
 import json
+import re
 import uuid
 
 import jax
@@ -11,7 +12,7 @@ import pytest
 
 from helpers import job_package
 from rayjac.runs import ConfigError, parse_config
-from rayjac.runs import RUNS_TABLE, load_problem, run, run_one
+from rayjac.runs import RUNS_TABLE, FactoryError, load_problem, run, run_one
 from rayjac.store import load
 
 JOB = '''
@@ -182,11 +183,13 @@ def test_sweep_records_failures_goes_on_and_resumes(job, tmp_path):
     (tmp_path / "fail.flag").write_text("")
     records = run(sweep_config(module, counter))
     assert [r.status for r in records] == ["done", "done", "failed", "failed", "done", "done"]
-    assert records[2].error == "ValueError: n=3 is unlucky"
+    unlucky = (r"FactoryError: the job factory \S+:make raised ValueError when called with "
+               r"params \{.*\}: n=3 is unlucky\. Fix the factory or the params")
+    assert re.match(unlucky, records[2].error)
     assert calls(counter) == 6
     rows = read_table(tmp_path).to_pylist()
     assert [r["status"] for r in rows] == [r.status for r in records]
-    assert rows[3]["error"] == "ValueError: n=3 is unlucky"
+    assert re.match(unlucky, rows[3]["error"])
     assert not (tmp_path / "sweep" / "n-3_chunk_size-2").exists()
 
     # Rerun: only the failed runs are computed again (and fail again).
@@ -289,7 +292,10 @@ def test_errors_inside_a_job_module_keep_their_type_and_traceback(tmp_path, monk
         "def make(n=2):\n    return len(n)  # a bug: TypeError inside the factory\n")
     (tmp_path / f"{name}_imp.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(TypeError, match="has no len"):
+    with pytest.raises(FactoryError, match=rf"{name}:make raised TypeError when called with "
+                       r"params \{'n': 3\}: object of type 'int' has no len") as raised:
         load_problem(f"{name}:make", {"n": 3})
+    assert isinstance(raised.value.__cause__, TypeError)  # its type and traceback, kept
+    assert raised.value.__cause__.__traceback__ is not None
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
         load_problem(f"{name}_imp:make", {})
