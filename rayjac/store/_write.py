@@ -290,7 +290,7 @@ def _codec(stream: Any, desc: dict) -> tuple[Any, Any, Any]:
             what = "tangent columns" if plan is None else "colours"
             what = what if points is None else f"(point, {what[:-1]}) pairs"
             raise ValueError(f"The shards covered {int(covered.sum())} of the {covered.size} "
-                             f"{what}; the result is incomplete and was not written.")
+                             f"{what} only: the result is incomplete and was not written.")
 
     return schema, to_batch, check
 
