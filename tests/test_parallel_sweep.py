@@ -166,5 +166,7 @@ def test_cli_prints_one_line_per_finished_run_when_not_a_terminal(job, tmp_path,
     monkeypatch.setenv("RAYJAC_QUIET", "1")  # silences the progress, not the failures
     assert main(["run", config]) == 1
     _, err = capsys.readouterr()
-    assert err.strip() == "failed: n-4: ValueError: n=4 is unlucky"
+    assert re.fullmatch(r"failed: n-4: FactoryError: the job factory \S+:make raised "
+                        r"ValueError when called with params \{.*\}: n=4 is unlucky\. .*",
+                        err.strip())
     assert len(calls_by_point(calls)[4]) == 2 and len(calls_by_point(calls)[3]) == 1
