@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
@@ -235,11 +236,14 @@ class TangentProgram:
         c = plan.num_colors
         seeds = self.seeds
         if chunking(c, self.chunk_size)[0] == 1 and c * layout.basis.n <= _HOST_SEEDS:
-            seeds = lambda ids: self.seeds(np.arange(c))  # noqa: E731 - constants: see below
+            # JAX constants, not numpy: a tangent that func passes through unchanged (an
+            # identity, a custom_jvp rule returning it) must come back as a JAX array.
+            host = [jnp.asarray(s) for s in self.seeds(np.arange(c))]
+            seeds = lambda ids: host  # noqa: E731 - constants: see below
         compressed = tangents(self._output_leaves(const, state), diff, layout, 0, c,
                               self.chunk_size, axis=0, seeds=seeds) if c else [
             jnp.zeros((0,) + s, d) for s, d in zip(layout.out_shapes, layout.out_dtypes)]
-        values = [rows.reshape(rows.shape[0], -1)[colors, where]
+        values = [rows.reshape(rows.shape[0], math.prod(rows.shape[1:]))[colors, where]
                   for rows, (colors, where) in zip(compressed, gather)]
         return [[weakly_typed(data[lo:hi], layout.weak(k)) for lo, hi in plan.spans[k]]
                 for k, data in enumerate(values)]
