@@ -49,6 +49,7 @@ class SweepProgress:
 
     def __init__(self, total: int, say: Callable[[str], None] | None = None):
         self.total, self.done, self.failed, self.running = total, 0, 0, 0
+        self.programs = self.shared = 0  # compiled programs, and structures that runs shared
         self.live = say is None and _live()
         if say is None and not self.live and not quiet():
             say = _to_stderr
@@ -98,7 +99,7 @@ class SweepProgress:
     def _refresh(self) -> None:
         if self.live and (self.running or self.bar is not None):
             self._bar().set_postfix_str(f"done={self.done} failed={self.failed} "
-                                        f"running={self.running}")
+                                        f"running={self.running} programs={self.programs}")
 
 
 def _to_stderr(line: str) -> None:

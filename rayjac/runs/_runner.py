@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import jax
 
 from ..engine import pin_to_cores
-from ._one import run_one
+from ._batch import Chunk, Done
 
 
 class Runner:
@@ -26,20 +25,17 @@ class Runner:
         jax.config.update("jax_enable_x64", env["JAX_ENABLE_X64"] == "1")
         if "JAX_PLATFORMS" in env:
             jax.config.update("jax_platforms", env["JAX_PLATFORMS"])
+        self.chunk = Chunk()  # its compiled programs serve every later chunk of the sweep
 
     def describe(self) -> dict:
         return {"pid": os.getpid(), "cores": self.cores, "x64": jax.config.jax_enable_x64,
                 "platforms": jax.config.jax_platforms,
                 "devices": [d.platform for d in jax.devices()]}
 
-    def run(self, config: Any, point: dict, cwd: str, max_workers: int | None
-            ) -> tuple[str | None, float]:
-        """``(None, seconds)`` when the run is stored, else ``(error message, seconds)``."""
+    def run(self, items: list[tuple[int, Any, dict]], cwd: str, max_workers: int | None
+            ) -> tuple[list[Done], int]:
+        """Every run of ``items`` (``(index, config, point)``); returns how each ended and how
+        many programs this runner has compiled so far."""
         if os.path.isdir(cwd):  # the driver's folder on this node: its relative paths hold
             os.chdir(cwd)
-        start = time.perf_counter()
-        try:
-            run_one(config, point, max_workers=max_workers)
-        except Exception as err:  # recorded by the driver; the sweep goes on
-            return f"{type(err).__name__}: {err}", time.perf_counter() - start
-        return None, time.perf_counter() - start
+        return list(self.chunk.run(items, max_workers)), self.chunk.built

@@ -76,20 +76,46 @@ def shape_of(config: Config, total: dict[str, float]) -> Shape:
 
 
 class Item(NamedTuple):
-    """One run to do: its index in the sweep, its config and point, and its shape."""
+    """Runs to do on one runner, one after the other: ``(index in the sweep, config, point)``
+    each, all of one shape."""
 
-    index: int
-    config: Config
-    point: dict
+    runs: tuple[tuple[int, Config, dict], ...]
     shape: Shape
+
+    @property
+    def index(self) -> int:
+        return self.runs[0][0]
 
 
 class Outcome(NamedTuple):
-    """How a run ended: ``error`` is ``None`` when its result is stored."""
+    """How a run ended: ``error`` is ``None`` when its result is stored; ``program`` is the
+    key of the compiled program it shared (None: it ran on its own); ``programs`` counts the
+    programs the sweep's runners have compiled so far."""
 
     index: int
     error: str | None
     seconds: float
+    program: str | None = None
+    programs: int = 0
+
+
+def chunks(runs: list[tuple[int, Config, dict]], shapes: list[Shape], slots: int
+           ) -> list[Item]:
+    """The runs as items: consecutive runs of one shape, about four items per slot (so the
+    runners stay busy to the end) and at most 64 runs each.
+
+    Example:
+        >>> [len(i.runs) for i in chunks([(i, None, {}) for i in range(10)], [Shape()] * 10, 1)]
+        [3, 3, 3, 1]
+    """
+    size = max(1, min(64, -(-len(runs) // (4 * max(1, slots)))))
+    items: list[Item] = []
+    for run, shape in zip(runs, shapes):
+        if items and items[-1].shape == shape and len(items[-1].runs) < size:
+            items[-1] = Item(items[-1].runs + (run,), shape)
+        else:
+            items.append(Item((run,), shape))
+    return items
 
 
 def run_all(runs: list[tuple[int, Config, dict]], parallel_runs: int | None, *,
@@ -109,27 +135,29 @@ def run_all(runs: list[tuple[int, Config, dict]], parallel_runs: int | None, *,
     ENGINE.on_new_pool(KEPT.release)  # and the sweep's idle runners what a new pool needs
 
     total = ray.cluster_resources()
-    queue = []
-    for index, config, point in runs:
+    fitting, shapes = [], []
+    for run in runs:
         try:
-            queue.append(Item(index, config, point, shape_of(config, total)))
+            shapes.append(shape_of(run[1], total))
+            fitting.append(run)
         except ValueError as err:  # it can never start here
-            started(index)
-            yield Outcome(index, f"ValueError: {err}", 0.0)
+            started(run[0])
+            yield Outcome(run[0], f"ValueError: {err}", 0.0)
+    slots = parallel_runs or max(1, int(total.get("CPU", 1.0)))
+    queue = chunks(fitting, shapes, slots)
     runners = _Runners(bool(jax.config.jax_enable_x64))
     tries: dict[int, int] = {}
     try:
         while queue or runners.busy:
             for item, actor in _admit(queue, runners, parallel_runs or len(runs)):
                 runners.start(actor, item, os.getcwd())
-                started(item.index)
+                for index, _, _ in item.runs:
+                    started(index)
             finished, _ = ray.wait(list(runners.busy), num_returns=1, timeout=1.0)
             if not finished:
                 waiting()
                 continue
-            outcome = _outcome(finished[0], runners, tries, queue)
-            if outcome is not None:
-                yield outcome
+            yield from _outcomes(finished[0], runners, tries, queue)
     finally:
         runners.close()
 
@@ -172,6 +200,7 @@ class _Runners:
         self.idle: list[tuple[Shape, Any]] = KEPT.take(self.key)
         KEPT.release()  # those of another Ray session or x64 mode
         self.busy: dict[Any, tuple[Any, Item]] = {}
+        self.built: dict[Any, int] = {}  # programs compiled, by runner
 
     def held(self) -> tuple[float, float]:
         shapes = [s for s, _ in self.idle] + [item.shape for _, item in self.busy.values()]
@@ -191,7 +220,7 @@ class _Runners:
             max_task_retries=0).remote(shape.num_cpus, env)
 
     def start(self, actor: Any, item: Item, cwd: str) -> None:
-        ref = actor.run.remote(item.config, item.point, cwd, item.shape.workers or None)
+        ref = actor.run.remote(list(item.runs), cwd, item.shape.workers or None)
         self.busy[ref] = (actor, item)
 
     def evict(self) -> bool:
@@ -242,25 +271,28 @@ def _pick(queue: list[Item], runners: _Runners, total: dict) -> tuple[Item, Any]
     return None
 
 
-def _outcome(ref: Any, runners: _Runners, tries: dict[int, int], queue: list[Item]
-             ) -> Outcome | None:
-    """The finished run's outcome; ``None`` when its runner died and the run was requeued."""
+def _outcomes(ref: Any, runners: _Runners, tries: dict[int, int], queue: list[Item]
+              ) -> list[Outcome]:
+    """The finished item's outcomes; none when its runner died and the item was requeued."""
     actor, item = runners.busy.pop(ref)
     try:
-        error, seconds = ray.get(ref)
+        done, built = ray.get(ref)
     except LOST as err:  # the runner's process died mid-run: retry, like a lost shard
         ray.kill(actor, no_restart=True)
         tries[item.index] = tries.get(item.index, 0) + 1
         if tries[item.index] <= MAX_RETRIES:
             queue.insert(0, item)
-            return None
-        return Outcome(item.index, f"RunnerLost: the process running this run died "
-                       f"{tries[item.index]} times; the last time: {err}\nCheck its memory "
-                       "(lower execution.chunk_size), that the cluster imports the same rayjac "
-                       "as this driver, and the Ray logs under /tmp/ray/session_latest/logs.",
-                       0.0)
+            return []
+        error = (f"RunnerLost: the process running this run died {tries[item.index]} times; "
+                 f"the last time: {err}\nCheck its memory (lower execution.chunk_size or "
+                 "execution.batch_size), that the cluster imports the same rayjac as this "
+                 "driver, and the Ray logs under /tmp/ray/session_latest/logs.")
+        return [Outcome(index, error, 0.0) for index, _, _ in item.runs]
     except RayTaskError as err:  # not an Exception (e.g. SystemExit) inside the run
         ray.kill(actor, no_restart=True)
-        return Outcome(item.index, f"{type(err.cause).__name__}: {err.cause}", 0.0)
+        return [Outcome(index, f"{type(err.cause).__name__}: {err.cause}", 0.0)
+                for index, _, _ in item.runs]
     runners.idle.append((item.shape, actor))
-    return Outcome(item.index, error, seconds)
+    runners.built[actor._actor_id] = built
+    total = sum(runners.built.values())
+    return [Outcome(d.index, d.error, d.seconds, d.program, total) for d in done]

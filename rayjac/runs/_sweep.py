@@ -17,7 +17,7 @@ from ._config import AnalysisConfig, Config, load_config
 from ._grid import SweepRun, expand_sweep
 from ._lock import sweep_lock
 from ._one import engine, run_one
-from ._table import RUNS_TABLE, column_types, write_runs_table
+from ._table import RUNS_TABLE, RunsLog, column_types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,8 @@ class RunRecord:
         stability: for a done run with an ``analysis`` spectrum, ``{"abscissa": largest real
             part, "radius": largest modulus, "stable": every point stable}`` over its points;
             else ``None``.
+        program: the key of the compiled program the run shared with the sweep's other runs
+            of its structure (``None``: it ran on its own, or was done already).
     """
 
     run_id: str
@@ -41,6 +43,7 @@ class RunRecord:
     error: str | None
     path: str
     stability: dict | None = None
+    program: str | None = None
 
 
 def run(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
@@ -102,8 +105,11 @@ def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
     with sweep_lock(config.output.path, show.notice):
         records = _sweep_locked(config, runs, show)
     failed = sum(r.status == "failed" for r in records)
+    grouped = sum(r.program is not None for r in records)
+    programs = (f"; {grouped} runs of {show.shared} structure(s), {show.programs} "
+                "program(s) compiled" if grouped else "")
     show.close(f"{len(records) - failed} of {len(records)} runs done, {failed} failed; table: "
-               f"{config.output.path.rstrip('/')}/{RUNS_TABLE}")
+               f"{config.output.path.rstrip('/')}/{RUNS_TABLE}{programs}")
     return records
 
 
@@ -111,9 +117,12 @@ def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
                   ) -> list[RunRecord]:
     from ._scheduler import run_all  # imports Ray: only when a sweep runs (see _one.engine)
 
-    folder, types = config.output.path, column_types(runs)
+    folder = config.output.path
     _remove_leftovers(folder, [r.run_id for r in runs])
+    log = RunsLog(folder, column_types(runs))
+    log.resume()
     records: dict[int, RunRecord] = {}
+    ordered = lambda: [records[i] for i in sorted(records)]  # noqa: E731
     todo = []
     for index, sweep_run in enumerate(runs):
         decided = _decided(sweep_run, config.output.overwrite)
@@ -123,19 +132,29 @@ def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
         records[index], message = decided
         show.finished(sweep_run.run_id, records[index].status, message, ran=False)
     if records:
-        write_runs_table(folder, [records[i] for i in sorted(records)], types)
+        log.close(ordered())
     outcomes = run_all(todo, config.execution.parallel_runs,
                        started=lambda index: show.started(), waiting=show.tick)
-    with contextlib.closing(outcomes):  # on an error or Ctrl-C here, the runners stop at once
-        for index, error, seconds in outcomes:
-            run_id, point, run_config = runs[index]
-            if error is None and not store.holds_result(run_config.output.path):
-                error = _not_here(run_config.output.path)
-            records[index] = RunRecord(run_id, point, "failed" if error else "done", error,
-                                       run_id, None if error else _stability(run_config))
-            write_runs_table(folder, [records[i] for i in sorted(records)], types)
-            show.finished(run_id, records[index].status,
-                          f"FAILED: {error}" if error else f"done in {seconds:.1f} s")
+    shared: set[str] = set()
+    try:
+        with contextlib.closing(outcomes):  # on an error or Ctrl-C, the runners stop at once
+            for outcome in outcomes:
+                index, error, seconds = outcome.index, outcome.error, outcome.seconds
+                run_id, point, run_config = runs[index]
+                if error is None and not store.holds_result(run_config.output.path):
+                    error = _not_here(run_config.output.path)
+                records[index] = RunRecord(run_id, point, "failed" if error else "done",
+                                           error, run_id,
+                                           None if error else _stability(run_config),
+                                           outcome.program)
+                shared.add(outcome.program)
+                show.programs = outcome.programs
+                log.add(records[index], ordered)
+                show.finished(run_id, records[index].status,
+                              f"FAILED: {error}" if error else f"done in {seconds:.1f} s")
+    finally:  # also on an error or Ctrl-C: the table holds every run that ended
+        log.close(ordered())
+    show.shared = len(shared - {None})
     return [records[i] for i in range(len(runs))]
 
 
