@@ -11,6 +11,7 @@ every sharded point (its program travels to shard workers, and a lifted jaxpr ca
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import time
 from typing import Any, Iterator, NamedTuple
@@ -130,6 +131,8 @@ class Chunk:
                 yield Done(index, f"{type(err).__name__}: {err}", time.perf_counter() - start,
                            None)
                 continue
+            if config.jacfwd.sparsity is not None:  # one pattern per batch, exact at each
+                traced.key = _key(traced.key, traced.constants(config.jacfwd.grad_vars))
             seconds = time.perf_counter() - start
             rep, points, held = batches.setdefault(traced.key, (traced, [], [0]))
             points.append(_shared(rep, traced, index, config, point, seconds, held))
@@ -159,6 +162,11 @@ class Chunk:
             return old
         baked = old.baked if old is not None else points[0].lifts
         lifted = set(old.lifted if old is not None else ())
+        if old is None and points[0].config.jacfwd.sparsity is None:
+            # dense: every scalar is an input from the start (a parameter, most likely), so
+            # later batches with other values fit; a sparse program keeps what does not
+            # change baked in, where detection sees its value
+            lifted.update(s for s, value in enumerate(baked) if np.ndim(value) == 0)
         lifted.update(s for s in range(len(baked))
                       if any(not same(p.lifts[s], baked[s]) for p in points))
         program = Program(rep if old is None else old.traced, baked, tuple(sorted(lifted)),
@@ -169,6 +177,12 @@ class Chunk:
             self.programs.popitem(last=False)
         self.built += 1
         return program
+
+
+def _key(structure: str, constants: str) -> str:
+    """A sparse batch's key: its structure, and the constants its pattern is detected with
+    (points whose connectivity differs get their own exact pattern, as runs of their own)."""
+    return structure + "-" + hashlib.blake2b(constants.encode(), digest_size=6).hexdigest()
 
 
 def _options(config: Config) -> str:

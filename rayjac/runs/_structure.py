@@ -45,6 +45,16 @@ class Traced:
     out_tree: Any
     variables: tuple[Variable, ...]
     names: tuple[str, ...]
+    written: tuple[str, ...] = ()  # the names of the Variables func writes
+
+    def constants(self, grad_vars: Any) -> str:
+        """A digest of what sparsity detection reads as constants of the call: the array
+        constants and the values of the Variables func only reads (not ``grad_vars``)."""
+        differentiated = {grad_vars} if isinstance(grad_vars, str) else set(grad_vars or ())
+        values = [np.asarray(x) for x in self.lifts if np.ndim(x)] + [
+            np.asarray(v._value) for name, v in zip(self.names, self.variables)
+            if name not in differentiated and name not in self.written]
+        return ",".join(_digest(v) for v in values)
 
     def array_leaves(self, args: tuple) -> list:
         return [x for x, is_array in zip(jax.tree_util.tree_leaves(args), self.arrays)
@@ -72,10 +82,13 @@ def trace(problem: Problem, options: str) -> Traced:
     names = tuple(problem.variables)
     variables = tuple(problem.variables[name] for name in names)
 
+    seen: list[StateTrace] = []
+
     def pure(inputs, values):
         it = iter(inputs)
         full = [next(it) if is_array else x for x, is_array in zip(leaves, arrays)]
-        with StateTrace(dict(zip(variables, values))):
+        with StateTrace(dict(zip(variables, values))) as state:
+            seen.append(state)
             return problem.func(*jax.tree_util.tree_unflatten(args_tree, full))
 
     try:
@@ -89,8 +102,9 @@ def trace(problem: Problem, options: str) -> Traced:
     text = "\n".join([options, repr(names), str(args_tree), repr(statics), str(out_tree),
                       _text(jaxpr), *_identities(jaxpr)])
     key = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    written = tuple(name for name, var in zip(names, variables) if var in seen[-1].written)
     return Traced(key, jaxpr, lifts, problem.args, arrays, args_tree, out_tree, variables,
-                  names)
+                  names, written)
 
 
 def _lift(closed: Any) -> tuple[Any, list[np.ndarray]]:
@@ -111,8 +125,12 @@ def _lift(closed: Any) -> tuple[Any, list[np.ndarray]]:
             for eqn in jaxpr.eqns]
     outvars = [lifted(a) for a in jaxpr.outvars]
     consts = [np.asarray(c) if not isinstance(c, jax.Array) else c for c in closed.consts]
-    out = jcore.Jaxpr([], [*jaxpr.constvars, *new_vars, *jaxpr.invars], outvars, eqns,
-                      jaxpr.effects)
+    invars = [*jaxpr.constvars, *new_vars, *jaxpr.invars]
+    names = tuple(f"lift{i}" for i in range(len(invars) - len(jaxpr.invars)))
+    info = jaxpr.debug_info
+    info = info._replace(arg_names=names + tuple(info.safe_arg_names(len(jaxpr.invars))),
+                         result_paths=tuple(info.safe_result_paths(len(outvars))))
+    out = jcore.Jaxpr([], invars, outvars, eqns, jaxpr.effects, info)
     return out, consts + values
 
 

@@ -68,7 +68,9 @@ def read_runs_table(folder: str) -> pa.Table | None:
         return None
     table = pa.concat_tables(tables, promote_options="permissive")
     last = {run_id: i for i, run_id in enumerate(table.column("run_id").to_pylist())}
-    return table.take(sorted(last.values())) if len(last) < table.num_rows else table
+    if len(last) == table.num_rows:
+        return table
+    return table.take(list(last.values()))  # each run where it first appeared, newest row
 
 
 class RunsLog:
