@@ -320,3 +320,36 @@ def test_every_shipped_sweep_equals_one_run_per_point(name, tmp_path, monkeypatc
                                        atol=1e-5)
             assert (got.stability.column("stable").to_pylist()
                     == want.stability.column("stable").to_pylist())
+
+
+WRITES = '''
+import jax.numpy as jnp
+import rayjac
+
+def make(g=1.0):
+    """Writes its Variable (a step counter and a state), as BrainPy models do."""
+    state = rayjac.Variable(jnp.asarray([1.0, 0.0, 2.0], jnp.float32))
+    steps = rayjac.Variable(jnp.float32(0.0))
+
+    def f(x):
+        state.value = state.value * x * g
+        steps.value = steps.value + 1.0
+        return state.value + steps.value
+
+    return rayjac.Problem(f, args=(jnp.ones(3, jnp.float32),),
+                          variables={"state": state, "steps": steps})
+'''
+
+
+@pytest.mark.parametrize("sparsity", [None, "auto"])
+def test_a_function_that_writes_its_variables_equals_runs_of_their_own(
+        tmp_path, monkeypatch, sparsity):
+    monkeypatch.chdir(tmp_path)
+    problem = job_package(tmp_path, WRITES) + ":make"
+    config = sweep_config(problem, "sweep", {"params.g": [0.5, 2.0]},
+                          jacfwd={"sparsity": sparsity, "has_aux": False})
+    done, chunk = chunk_run(config)
+    assert all(d.error is None for d in done.values()) and chunk.built == 1, done
+    assert_same_as_alone(config, tmp_path / "alone")
+    if sparsity:  # a written Variable is no constant: its zero does not prune, as alone
+        assert load("sweep/g-0.5").sparsity.nnz == load(tmp_path / "alone/g-0.5").sparsity.nnz

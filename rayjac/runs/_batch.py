@@ -89,7 +89,11 @@ class Program:
         rep = self.traced
         outs = self._fun(*lifts, *rep.array_leaves(tuple(args)),
                          *[v.value for v in rep.variables])
-        return jax.tree_util.tree_unflatten(rep.out_tree, outs)
+        count = rep.out_tree.num_leaves
+        for name, var, new in zip(rep.names, rep.variables, outs[count:]):
+            if name in rep.written:  # as func writes it: never a constant of the call
+                var.value = new
+        return jax.tree_util.tree_unflatten(rep.out_tree, outs[:count])
 
     def fits(self, point: _Point) -> bool:
         return all(same(point.lifts[s], self.baked[s]) for s in range(len(self.baked))

@@ -34,7 +34,8 @@ class Traced:
 
     The jaxpr's inputs are, in order: ``lifts`` (closure constants, then top-level literals:
     the values a program may take as inputs), the array leaves of the arguments, and the values
-    of ``variables`` (the problem's named Variables, in its order)."""
+    of ``variables`` (the problem's named Variables, in its order); its outputs are the leaves
+    of the function's output (``out_tree``), then each Variable's value after the call."""
 
     key: str
     jaxpr: Any
@@ -89,7 +90,8 @@ def trace(problem: Problem, options: str) -> Traced:
         full = [next(it) if is_array else x for x, is_array in zip(leaves, arrays)]
         with StateTrace(dict(zip(variables, values))) as state:
             seen.append(state)
-            return problem.func(*jax.tree_util.tree_unflatten(args_tree, full))
+            out = problem.func(*jax.tree_util.tree_unflatten(args_tree, full))
+        return out, [state.values[v] for v in variables]  # and the Variables' new values
 
     try:
         closed, shape = jax.make_jaxpr(pure, return_shape=True)(
@@ -97,7 +99,7 @@ def trace(problem: Problem, options: str) -> Traced:
     except Exception as err:  # the plain run raises it again, with its own context
         raise Untraceable(f"{type(err).__name__}: {err}") from err
     jaxpr, lifts = _lift(closed)
-    out_tree = jax.tree_util.tree_structure(shape)
+    out_tree = jax.tree_util.tree_structure(shape[0])
     statics = [repr((type(x).__name__, x)) for x, a in zip(leaves, arrays) if not a]
     text = "\n".join([options, repr(names), str(args_tree), repr(statics), str(out_tree),
                       _text(jaxpr), *_identities(jaxpr)])
