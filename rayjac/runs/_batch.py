@@ -257,7 +257,7 @@ def _map(program: Program, points: list[_Point], max_workers: int | None) -> Ite
     extra.append(np.arange(len(points), dtype=np.int32))  # every map has points
     config = first.config
     call_args = (*args, extra)
-    analysis = _analysis(config, _Single(rep, first), _Bound(program.jf, extra))
+    analysis = _analysis(config, _Single(rep.args), _Bound(program.jf, extra))
     if program.window is None:
         m, n = program.jf.flat_shape(*rep.args, [x[0] for x in extra])
         program.window = max(1, min(64, len(points), WINDOW_BYTES // max(1, 8 * m * n)))
@@ -267,7 +267,6 @@ def _map(program: Program, points: list[_Point], max_workers: int | None) -> Ite
     units = stream.layout.basis.n if stream.plan is None else stream.plan.num_colors
     pieces: dict[int, list] = collections.defaultdict(list)
     covered = collections.Counter()
-    share = (time.perf_counter() - start) / len(points)
     try:
         for part in stream.parts:
             for i in range(part.p0, part.p1):
@@ -276,7 +275,9 @@ def _map(program: Program, points: list[_Point], max_workers: int | None) -> Ite
                                  _sparse_shard(part.start, part.stop, values))
                 covered[i] += part.stop - part.start
                 if covered[i] == units:
-                    yield _write(stream, pieces.pop(i), points[i], i, analysis, program, share)
+                    batch = {"batch_points": len(points),
+                             "batch_s": time.perf_counter() - start}  # so far
+                    yield _write(stream, pieces.pop(i), points[i], i, analysis, program, batch)
     finally:
         stream.cancel()
 
@@ -307,8 +308,8 @@ def _sparse_shard(start: int, stop: int, values: list) -> Any:
 class _Single:
     """What ``_analysis`` reads of a problem: a single point's arguments."""
 
-    def __init__(self, rep: Traced, first: _Point):
-        self.args, self.is_map = rep.args, False
+    def __init__(self, args: tuple):
+        self.args, self.is_map = args, False
 
 
 class _Bound:
@@ -322,7 +323,7 @@ class _Bound:
 
 
 def _write(stream: Any, shards: list, point: _Point, i: int, analysis: Any, program: Program,
-           share: float) -> Done:
+           batch: dict) -> Done:
     """Point ``i`` of the batch written to its own folder, as its own run writes it."""
     start = time.perf_counter()
     pick = lambda tree: None if tree is None else jax.tree_util.tree_map(  # noqa: E731
@@ -330,14 +331,16 @@ def _write(stream: Any, shards: list, point: _Point, i: int, analysis: Any, prog
     single = JacStream(stream.layout, pick(stream.value), pick(stream.aux), iter(shards),
                        plan=stream.plan, analysis=analysis)
     config = point.config
-    timings = {"factory_s": point.seconds, "batch_share_s": share}
+    timings = {"factory_s": point.seconds, **batch}  # factory and trace; the batch's map
     meta = _metadata(config, point.point, timings)
     meta["program"] = {"key": program.traced.key, "lifted": len(program.lifted)}
     try:
         store.write_result(config.output.path, single, format=config.output.format,
                            overwrite=config.output.overwrite, metadata=meta)
     except Exception as err:
-        return Done(point.index, f"{type(err).__name__}: {err}",
-                    point.seconds + share + time.perf_counter() - start, program.traced.key)
-    return Done(point.index, None, point.seconds + share + time.perf_counter() - start,
-                program.traced.key)
+        error = f"{type(err).__name__}: {err}"
+    else:
+        error = None
+    seconds = point.seconds + batch["batch_s"] / batch["batch_points"] + (
+        time.perf_counter() - start)
+    return Done(point.index, error, seconds, program.traced.key)
