@@ -107,7 +107,7 @@ def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
     failed = sum(r.status == "failed" for r in records)
     grouped = sum(r.program is not None for r in records)
     programs = (f"; {grouped} runs of {show.shared} structure(s), {show.programs} "
-                "program(s) compiled" if grouped else "")
+                "program(s) compiled" if grouped > show.shared else "")  # when runs shared
     show.close(f"{len(records) - failed} of {len(records)} runs done, {failed} failed; table: "
                f"{config.output.path.rstrip('/')}/{RUNS_TABLE}{programs}")
     return records
