@@ -1,5 +1,5 @@
 """What runs inside a sweep's runner actor (the Ray wrapper and the scheduling live in
-``_scheduler``): a whole run, one at a time."""
+``_scheduler``): chunks of whole runs, one chunk at a time (``_batch``)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from ._batch import Chunk, Done
 
 
 class Runner:
-    """One long-lived sweep runner: executes whole runs (factory, primal, Jacobian, writing),
-    one at a time. An in-process run's runner holds its run's cores; a sharded run's runner
-    holds none itself and starts its own shard workers (``max_workers`` of them at most)."""
+    """One long-lived sweep runner: executes chunks of whole runs (factory, primal, Jacobian,
+    writing), the runs of one structure as one map through a program it keeps for later chunks.
+    An in-process run's runner holds its run's cores; a sharded run's runner holds none itself
+    and starts its own shard workers (``max_workers`` of them at most)."""
 
     def __init__(self, num_cpus: float, env: dict[str, str]):
         self.cores, self._locks = pin_to_cores(num_cpus)
