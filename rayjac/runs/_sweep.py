@@ -51,8 +51,9 @@ def run(config: Config | str | os.PathLike, overrides: Sequence[str] = (), *,
     """Run a config: a single job, or every point of its ``sweep``.
 
     A single run raises on any error. A sweep runs its points on the cluster, up to
-    ``execution.parallel_runs`` at once; it records a failed run and goes on, skips the runs
-    already done, and rewrites ``<output.path>/runs.parquet`` as each run ends.
+    ``execution.parallel_runs`` at once, the points of one structure through one compiled
+    program; it records a failed run and goes on, skips the runs already done, and logs each
+    run as it ends, compacted into ``<output.path>/runs.parquet`` every few seconds.
 
     Args:
         config: a :class:`Config` or the path of a YAML config.
@@ -88,9 +89,10 @@ def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
     """Run every point of ``config.sweep`` on the cluster, skipping those done; see :func:`run`.
 
     Up to ``execution.parallel_runs`` points run at once (``None``: as many as the cluster's
-    resources fit), each wholly on a Ray runner. This process (the driver) only decides what
-    to run and rewrites ``runs.parquet`` as each run ends. It holds the sweep folder's lock
-    throughout: a second ``run`` of the same folder waits for it.
+    resources fit), wholly on Ray runners, in chunks; a runner runs the points of a chunk that
+    share a structure as one map through one compiled program (``_batch``). This process (the
+    driver) only decides what to run and records the runs (``RunsLog``). It holds the sweep
+    folder's lock throughout: a second ``run`` of the same folder waits for it.
 
     Example:
         >>> from rayjac.runs import parse_config
