@@ -26,3 +26,16 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def token_head(ray_local):
+    """The README's token-authenticated head ("head recipe" block), started once beside the
+    session's Ray (as in "Several clusters on one machine") and shared by test_cluster_docs and
+    test_submit. At the session's end it is stopped by Ctrl-C to its process group, as the
+    README says, and the session fails if any of its processes survives."""
+    from helpers import start_token_head, stop_token_head
+
+    head = start_token_head()
+    yield head
+    stop_token_head(head)

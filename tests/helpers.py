@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +193,137 @@ def calls_by_point(calls) -> dict[int, list[int]]:
         n, pid, _ = marker.name.split("-")
         out.setdefault(int(n), []).append(int(pid))
     return out
+
+
+# --- the README's token-authenticated head node, shared by test_cluster_docs and test_submit ---
+
+HEAD_MARKER = "head recipe:"
+HEAD_PORTS = ("6390", "8275", "10000", "8375")  # --port, --dashboard-port, client server, agent
+HEAD_TEMP_DIR = "/tmp/ray-a"
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
+             "RAY_API_SERVER_ADDRESS")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that are free now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def readme_bash_blocks(marker: str, count: int) -> list[str]:
+    """The first ``count`` ```bash blocks after ``<!-- {marker}`` in the README."""
+    with open(README) as f:
+        section = f.read().split(f"<!-- {marker}")[1]
+    return [part.split("```")[0] for part in section.split("```bash")[1:count + 1]]
+
+
+def live_members(pgid: int) -> list[str]:
+    """The processes of a process group that have not exited (zombies excluded)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        state, _, group = rest.split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append(f"{stat.parent.name} {comm.split('(', 1)[1]}")
+    return members
+
+
+@dataclass
+class TokenHead:
+    """A head started from the README's head block: its terminal's process, where it lives,
+    and a user's shell environment (fresh HOME holding the token, no Ray auth variables)."""
+
+    proc: subprocess.Popen
+    root: Path
+    ports: list[int]
+    env: dict[str, str]
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[1]}"
+
+    @property
+    def token(self) -> Path:
+        return Path(self.env["HOME"]) / ".ray" / "auth_token"
+
+    @property
+    def gcs(self) -> str:
+        return (self.temp_dir / "ray_current_cluster").read_text().strip()
+
+    @property
+    def log(self) -> Path:
+        return self.root / "head.log"
+
+    def with_free_ports(self, block: str) -> str:
+        """A README block with this head's ports and temp dir in place of the documented."""
+        for documented, port in zip(HEAD_PORTS, self.ports):
+            block = block.replace(f"={documented}", f"={port}").replace(f":{documented}",
+                                                                        f":{port}")
+        return block.replace(HEAD_TEMP_DIR, str(self.temp_dir))
+
+
+def start_token_head() -> TokenHead:
+    """Runs the README's head block as written (free ports, a temp dir, a fresh HOME) in a
+    process group of its own, as in its own terminal; returns once it prints ``Ray runtime
+    started.`` (when the README says the client may go ahead)."""
+    import pytest
+
+    bin_dir = os.path.dirname(sys.executable)
+    for command in ("ray", "rayjac"):
+        if not os.path.exists(os.path.join(bin_dir, command)):
+            pytest.fail(f"`{command}` is not installed next to {sys.executable}: "
+                        "pip install -e '.[test]'")
+    root = Path(tempfile.mkdtemp(prefix="rjd", dir="/tmp"))  # short: Ray's socket paths
+    (root / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS + ("PYTHONPATH",)}
+    env.update(HOME=str(root / "home"), PATH=bin_dir + os.pathsep + env["PATH"])
+    head_env = {k: v for k, v in env.items() if k != "RAYJAC_QUIET"}  # job logs show progress
+    head = TokenHead(None, root, free_ports(len(HEAD_PORTS)), env)
+    (head_block,) = readme_bash_blocks(HEAD_MARKER, 1)
+    for literal in [f"={port}" for port in HEAD_PORTS] + [f"--temp-dir={HEAD_TEMP_DIR}"]:
+        if literal not in head_block:
+            pytest.fail(f"the README's head block has no {literal}")
+    with open(head.log, "wb") as out:
+        head.proc = subprocess.Popen(["bash", "-e", "-c", head.with_free_ports(head_block)],
+                                     env=head_env, cwd=root, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def started():
+        if head.proc.poll() is not None:
+            pytest.fail(f"the head exited with {head.proc.returncode}:\n"
+                        f"{head.log.read_text()[-3000:]}")
+        return "Ray runtime started." in head.log.read_text(errors="replace")
+
+    try:
+        wait_for(started, "the head to print `Ray runtime started.`", timeout_s=120)
+    except BaseException:
+        stop_token_head(head, check=False)
+        raise
+    return head
+
+
+def stop_token_head(head: TokenHead, check: bool = True) -> None:
+    """Ctrl-C in the head's terminal (SIGINT to its process group), as the README says to stop
+    one head of several; with ``check``, fails unless every process of the group ends."""
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.proc.pid, signal.SIGINT)
+        if check:
+            head.proc.wait(timeout=30)
+            wait_for(lambda: not live_members(head.proc.pid),
+                     "Ctrl-C to stop the head's processes", timeout_s=30)
+    finally:
+        if live_members(head.proc.pid):
+            os.killpg(head.proc.pid, signal.SIGKILL)
+        head.proc.wait()
+        shutil.rmtree(head.root, ignore_errors=True)

@@ -1,21 +1,17 @@
 """``rayjac submit`` (rayjac.runs._submit): token auth, the shipped working_dir, and a real head node.
 
-The head is a ``ray start --head --block`` subprocess of this test module on loopback ports, in
-its own temp dir and process group, with token auth; it is stopped by killing that group, so
-the session's own Ray (the ``ray_local`` fixture) is never touched.
+The head is the session's ``token_head`` (conftest.py): the README's ``ray start --head --block``
+with token auth, on free ports, in its own temp dir and process group, shared with
+test_cluster_docs and stopped by Ctrl-C to that group at the session's end, so the session's
+own Ray (the ``ray_local`` fixture) is never touched.
 """
 
 import contextlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -103,14 +99,6 @@ def test_working_dir_holds_the_job_package_and_the_resolved_config(monkeypatch):
 
 # --------------------------------------------------------------------------- a real head node
 
-def _free_ports(count):
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
 def _wait_for_dashboard(url, token, proc, log, timeout_s=120):
     request = urllib.request.Request(f"{url}/api/version",
                                      headers={"Authorization": f"Bearer {token}"})
@@ -127,46 +115,15 @@ def _wait_for_dashboard(url, token, proc, log, timeout_s=120):
                 f"{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A token-authenticated head node on loopback ports; yields (dashboard URL, token file,
-    GCS address)."""
-    root = Path(tempfile.mkdtemp(prefix="rjh", dir="/tmp"))  # short: Ray's socket paths
-    token = root / "token"
-    token.write_text(uuid.uuid4().hex)
-    ports = _free_ports(9)
-    env = {k: v for k, v in os.environ.items()
-           if k not in AUTH_VARS + ("RAY_ADDRESS", "RAYJAC_QUIET")}  # job logs show progress
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
-               RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
-    ray = shutil.which("ray") or pytest.skip("the `ray` command is not on PATH")
-    command = [ray, "start", "--head", "--block", "--disable-usage-stats",
-               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--num-cpus=2",
-               f"--temp-dir={root / 'ray'}", "--include-dashboard=true"]
-    flags = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-             "node-manager-port", "object-manager-port")
-    command += [f"--{flag}={port}" for flag, port in zip(flags, ports)]
-    log = root / "head.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=root)
-    url = f"http://127.0.0.1:{ports[1]}"
-    try:
-        _wait_for_dashboard(url, token.read_text(), proc, log)
-        yield url, token, f"127.0.0.1:{ports[0]}"
-    finally:
-        _stop_group(proc)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _stop_group(proc):
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(wait_s)
-            return
+@pytest.fixture
+def ray_head(token_head):
+    """The session's token-authenticated head (conftest's ``token_head``: the README's head
+    block, in its own temp dir and process group on free ports, so the session's own Ray is
+    never touched), once its dashboard answers; yields (dashboard URL, token file, GCS
+    address)."""
+    _wait_for_dashboard(token_head.url, token_head.token.read_text().strip(), token_head.proc,
+                        token_head.log)
+    return token_head.url, token_head.token, token_head.gcs
 
 
 @pytest.fixture
