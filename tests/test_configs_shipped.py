@@ -13,9 +13,10 @@ from rayjac.store import load
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-# Keeps the sweep's grid small; every other shipped config runs as it is.
+# Keeps the sweeps' grids and the big networks small; every other shipped config runs as it is.
 SMALL = {"lorenz96_sweep.yaml": ["sweep.params.n=[8, 12]"],
          "lorenz96_sparse.yaml": ["params.n=64"], "gray_scott_sparse.yaml": ["params.n=12"],
+         "wilson_cowan_sparse.yaml": ["params.n_exc=80", "params.n_inh=20"],
          "rate_network_map.yaml": ["params.n=64", "params.p_connect=0.1", "params.points=6",
                                    "execution.batch_size=4"],
          "rate_network_stability.yaml": ["params.n=64", "params.p_connect=0.1",
