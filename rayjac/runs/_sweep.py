@@ -135,8 +135,9 @@ def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
         show.finished(sweep_run.run_id, records[index].status, message, ran=False)
     if records:
         log.close(ordered())
+    waiting = lambda: (show.tick(), log.tick(ordered))  # noqa: E731
     outcomes = run_all(todo, config.execution.parallel_runs,
-                       started=lambda index: show.started(), waiting=show.tick)
+                       started=lambda index: show.started(), waiting=waiting)
     shared: set[str] = set()
     try:
         with contextlib.closing(outcomes):  # on an error or Ctrl-C, the runners stop at once

@@ -83,6 +83,7 @@ class RunsLog:
         self.fs, self.root = _folders.resolve(folder, None)
         self.flush_s, self.compact_s = flush_s, compact_s
         self.pending: list = []
+        self.logged = False  # runs in the log, not yet in runs.parquet
         self.flushed = self.compacted = time.monotonic()
         self.seq = 0
 
@@ -95,24 +96,36 @@ class RunsLog:
     def add(self, record, records) -> None:
         """Logs a finished run; ``records()`` gives every record when it is time to compact."""
         self.pending.append(record)
+        self.tick(records)
+
+    def tick(self, records) -> None:
+        """Flushes and compacts when it is time (called as runs end, and about once a second
+        while none does, so a run that ends before a long wait is in the table soon)."""
         now = time.monotonic()
-        if now - self.compacted >= self.compact_s:
+        if self.dirty and now - self.compacted >= self.compact_s:
             self.close(records())
-        elif now - self.flushed >= self.flush_s:
+        elif self.pending and now - self.flushed >= self.flush_s:
             self._flush()
+
+    @property
+    def dirty(self) -> bool:
+        """Whether some run is not in ``runs.parquet`` yet."""
+        return bool(self.pending) or self.logged
 
     def close(self, records: list) -> None:
         """``runs.parquet`` from every record, atomically, and the log emptied."""
         if records:
             write_runs_table(self.folder, records, self.types)
-        self._clear()
-        self.pending, self.compacted = [], time.monotonic()
+        if self.logged:
+            self._clear()
+        self.pending, self.compacted, self.logged = [], time.monotonic(), False
 
     def _flush(self) -> None:
         if self.pending:
             self.seq += 1
             name = f"{self.folder}/{RUNS_LOG}/{time.time_ns():020d}-{self.seq:06d}.parquet"
             _write_atomic(runs_table(self.pending, self.types), name)
+            self.logged = True
         self.pending, self.flushed = [], time.monotonic()
 
     def _clear(self) -> None:
