@@ -169,25 +169,21 @@ def test_workers_pin_distinct_cores():
     assert all(e["JAX_PLATFORMS"] == "cpu" for e in envs)  # zero-GPU workers stay off GPUs
 
 
-def _run_script(body: str, timeout: int = 240) -> str:
-    """Runs a script with its own Ray cluster (ray.cluster_utils.Cluster) in a subprocess."""
-    script = textwrap.dedent(body)
-    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONPATH": os.path.dirname(__file__)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc.stdout
+# One ray.cluster_utils.Cluster (a head with 1 CPU, a node with 1 CPU and 2 logical GPUs, and a
+# node with 1 CPU that is removed mid-run) in one subprocess serves both multi-node checks: each
+# part prints "<part> OK" or its traceback, and each test below asserts its own part.
+_MULTI_NODE = """
+    import os, threading, time, tempfile, traceback
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1, num_gpus=2)
+    node = cluster.add_node(num_cpus=1)
+    import ray
+    ray.init(address=cluster.address)
+    import jax, jax.numpy as jnp, numpy as np, rayjac
+    from rayjac import engine
 
-
-def test_logical_gpus_are_requested_on_a_multi_node_cluster():
-    out = _run_script("""
-        from ray.cluster_utils import Cluster
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        cluster.add_node(num_cpus=1, num_gpus=2)
-        import ray
-        ray.init(address=cluster.address)
-        import jax.numpy as jnp, numpy as np, rayjac
-        from rayjac import engine
+    def logical_gpus():
         f = lambda x: jnp.tanh(x) * x.sum()
         x = jnp.linspace(0, 1, 8)
         opts = engine.WorkerOptions(num_cpus=0, num_gpus=0.5)
@@ -200,21 +196,9 @@ def test_logical_gpus_are_requested_on_a_multi_node_cluster():
         assert all(e["JAX_PLATFORMS"] is None for e in env), env
         full = np.concatenate([rows[k][0] for k in sorted(rows)]).T
         np.testing.assert_allclose(full, rayjac.jacfwd(f)(x), rtol=1e-6)
-        print("OK", len(pool.actors))
-        ray.shutdown(); cluster.shutdown()
-    """)
-    assert "OK 4" in out
+        return len(pool.actors)
 
-
-def test_node_removed_mid_run_costs_only_its_shards():
-    out = _run_script("""
-        import os, threading, time, tempfile
-        from ray.cluster_utils import Cluster
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        node = cluster.add_node(num_cpus=1)
-        import ray
-        ray.init(address=cluster.address)
-        import jax, jax.numpy as jnp, numpy as np, rayjac
+    def node_removed():
         started = tempfile.mktemp()
         driver = os.getpid()
         def slow(x):
@@ -234,10 +218,38 @@ def test_node_removed_mid_run_costs_only_its_shards():
         threading.Thread(target=remove).start()
         got = rayjac.jacfwd(f, shards=4)(x)
         np.testing.assert_allclose(got, rayjac.jacfwd(f)(x), rtol=0, atol=0)
-        print("OK")
-        ray.shutdown(); cluster.shutdown()
-    """)
-    assert "OK" in out
+
+    for part in (logical_gpus, node_removed):
+        try:
+            print(part.__name__, "OK", part(), flush=True)
+        except BaseException:
+            print(part.__name__, "FAILED", traceback.format_exc(), flush=True)
+    ray.shutdown(); cluster.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def multi_node():
+    """The output of ``_MULTI_NODE``, run once in a subprocess with its own Ray cluster."""
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONPATH": os.path.dirname(__file__)}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_MULTI_NODE)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    return proc
+
+
+def _part(proc, name: str) -> str:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(name + " ")]
+    assert proc.returncode == 0 and lines and lines[0].split()[1] == "OK", (
+        f"exit {proc.returncode}\n" + proc.stdout[-6000:] + proc.stderr[-6000:])
+    return lines[0]
+
+
+def test_logical_gpus_are_requested_on_a_multi_node_cluster(multi_node):
+    assert _part(multi_node, "logical_gpus") == "logical_gpus OK 4"
+
+
+def test_node_removed_mid_run_costs_only_its_shards(multi_node):
+    _part(multi_node, "node_removed")
 
 
 def test_module_level_variables_of_an_imported_module():
