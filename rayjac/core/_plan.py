@@ -205,7 +205,11 @@ def refresh(program: Any, option: Any, diff: list, const: list, state: list) -> 
     """``program``, or a copy with its pattern detected again when a read-only Variable it
     read was assigned a value that the pattern may not hold for (``Watch.changed``: one stamp
     comparison per such Variable when none was assigned). A dense program forgets its
-    ``jf.sparsity`` pattern instead; a given pattern is kept."""
+    ``jf.sparsity`` pattern instead; a given pattern is kept.
+
+    The last program per set of read-only Variables unknown to detection is kept
+    (``program.variants``), so calls that alternate between a map over a Variable's values
+    (unknown) and plain calls (known) detect each pattern once, not at every switch."""
     pattern = program.plan.pattern if program.plan is not None else program.dense_pattern
     watch = getattr(pattern, "_watch", None)
     if watch is None or not watch.changed(program.other_vars, state):
@@ -213,6 +217,11 @@ def refresh(program: Any, option: Any, diff: list, const: list, state: list) -> 
     if program.plan is None:
         program.dense_pattern = None
         return program
+    unknown = frozenset(i for i in _read_only(program) if not concrete(state[i]))
+    program.variants[frozenset(watch.unknown)] = program
+    kept = program.variants.get(unknown, program)
+    if kept is not program and not kept.plan.pattern._watch.changed(kept.other_vars, state):
+        return kept
     import jax
 
     with jax.ensure_compile_time_eval():
@@ -221,5 +230,7 @@ def refresh(program: Any, option: Any, diff: list, const: list, state: list) -> 
                                                                         pattern.cols):
             pattern._watch = found.watch  # the same pattern: keep the compiled program
             return program
-        return dataclasses.replace(program, plan=_plan_detected(program, found, diff, const,
-                                                                state))
+        new = dataclasses.replace(program, plan=_plan_detected(program, found, diff, const,
+                                                               state))
+    program.variants[unknown] = new
+    return new

@@ -122,6 +122,9 @@ class TangentProgram:
     dense_pattern: Any = None  # a dense call's detected Sparsity, once asked for
     chunk_size: int | None = None
     strict: bool = False  # on workers: every Variable func touches must have been shipped
+    # The last program of this call signature per set of read-only Variables whose values
+    # detection could not see (a map's points of them): shared by the copies ``refresh`` makes.
+    variants: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def pure(self, diff: list, const: list, state: list, record: StateTrace | None = None):
         """(output, aux, new values of the written Variables) of one functional call."""
@@ -353,4 +356,4 @@ class TangentProgram:
         jitted = ("jacobian_jit", "primal_jit", "rows_jit", "columns_jit", "data_jit",
                   "_gather", "_host_gather", "_indices", "_index_leaves", "_block_tree",
                   "batched_kernels")
-        return {k: v for k, v in self.__dict__.items() if k not in jitted}
+        return {k: v for k, v in self.__dict__.items() if k not in jitted} | {"variants": {}}
