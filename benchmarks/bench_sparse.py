@@ -9,6 +9,7 @@ dense run can check rayjac's values entry by entry.
     pip install sparsejac==0.2.0 networkx      # benchmark-only baseline, never imported by rayjac
     python benchmarks/bench_sparse.py          # the whole table (a few minutes)
     python benchmarks/bench_sparse.py --quick  # small sizes (n <= 1024), a smoke run
+    python benchmarks/bench_sparse.py --only tri --impls rayjac,sparsejac  # no dense runs
 
 Columns:
   nnz / colours     detected nonzeros; colours of rayjac / of sparsejac (networkx largest_first on
@@ -219,6 +220,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=None, help="seconds per subprocess")
     parser.add_argument("--only", help="run only the cases whose name contains this")
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="comma-separated implementations to run (rayjac always runs)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -237,7 +240,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             store, r = os.path.join(tmp, "pattern.npz"), {}
             for impl in IMPLS:
-                if impl != "rayjac" and "error" in r["rayjac"]:
+                if impl != "rayjac" and impl not in args.impls.split(","):
+                    r[impl] = {"error": "not run"}
+                elif impl != "rayjac" and "error" in r["rayjac"]:
                     r[impl] = {"error": "no pattern"}  # both need rayjac's saved pattern
                 elif impl == "dense" and 4 * n * n > DENSE_LIMIT:
                     r[impl] = {"error": f"does not fit (needs {4 * n * n / 2 ** 30:.0f} GiB)"}
