@@ -288,6 +288,11 @@ def test_a_sweep_of_two_interleaved_shapes_on_ray(jobs, tmp_path, ray_local):
     assert [r.status for r in again] == ["done"] * 12
     assert lines[-2].endswith("done already, skipped")
     assert json.loads(open("sweep/g-0.5_n-4/metadata.json").read())["program"]["key"]
+    # the same structures again, in another folder: the idle runners kept their programs
+    lines.clear()
+    records = run(sweep_config(jobs, "other", grid, overwrite=False), progress=lines.append)
+    assert [r.status for r in records] == ["done"] * 12
+    assert lines[-1].endswith("12 runs of 2 structure(s), 0 program(s) compiled"), lines[-1]
 
 
 # ------------------------------------------------------------------- every shipped sweep config

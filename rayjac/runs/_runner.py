@@ -36,7 +36,8 @@ class Runner:
     def run(self, items: list[tuple[int, Any, dict]], cwd: str, max_workers: int | None
             ) -> tuple[list[Done], int]:
         """Every run of ``items`` (``(index, config, point)``); returns how each ended and how
-        many programs this runner has compiled so far."""
+        many programs this runner compiled for them (none when it kept them from earlier)."""
         if os.path.isdir(cwd):  # the driver's folder on this node: its relative paths hold
             os.chdir(cwd)
-        return list(self.chunk.run(items, max_workers)), self.chunk.built
+        before = self.chunk.built
+        return list(self.chunk.run(items, max_workers)), self.chunk.built - before

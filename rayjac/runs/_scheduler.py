@@ -200,7 +200,7 @@ class _Runners:
         self.idle: list[tuple[Shape, Any]] = KEPT.take(self.key)
         KEPT.release()  # those of another Ray session or x64 mode
         self.busy: dict[Any, tuple[Any, Item]] = {}
-        self.built: dict[Any, int] = {}  # programs compiled, by runner
+        self.built = 0  # programs the runners compiled for this sweep
 
     def held(self) -> tuple[float, float]:
         shapes = [s for s, _ in self.idle] + [item.shape for _, item in self.busy.values()]
@@ -293,6 +293,5 @@ def _outcomes(ref: Any, runners: _Runners, tries: dict[int, int], queue: list[It
         return [Outcome(index, f"{type(err.cause).__name__}: {err.cause}", 0.0)
                 for index, _, _ in item.runs]
     runners.idle.append((item.shape, actor))
-    runners.built[actor._actor_id] = built
-    total = sum(runners.built.values())
-    return [Outcome(d.index, d.error, d.seconds, d.program, total) for d in done]
+    runners.built += built
+    return [Outcome(d.index, d.error, d.seconds, d.program, runners.built) for d in done]
