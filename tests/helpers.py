@@ -318,10 +318,10 @@ def stop_token_head(head: TokenHead, check: bool = True) -> None:
     try:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.proc.pid, signal.SIGINT)
-        if check:
-            head.proc.wait(timeout=30)
+        if check:  # patient: at a loaded session's end the head has run many jobs' actors
+            head.proc.wait(timeout=120)
             wait_for(lambda: not live_members(head.proc.pid),
-                     "Ctrl-C to stop the head's processes", timeout_s=30)
+                     "Ctrl-C to stop the head's processes", timeout_s=120)
     finally:
         if live_members(head.proc.pid):
             os.killpg(head.proc.pid, signal.SIGKILL)
