@@ -315,8 +315,7 @@ class JacFwd:
             self._programs[key] = program
         elif program.plan is not None or program.dense_pattern is not None:
             # a read-only Variable the pattern read may have a new value: one stamp check each
-            with jax.ensure_compile_time_eval():
-                program = refresh(program, self._sparsity, diff, const, state)
+            program = refresh(program, self._sparsity, diff, const, state)  # concrete inside
             self._programs[key] = program
         return program, diff, const, state
 
