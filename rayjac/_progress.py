@@ -49,7 +49,7 @@ class SweepProgress:
 
     def __init__(self, total: int, say: Callable[[str], None] | None = None):
         self.total, self.done, self.failed, self.running = total, 0, 0, 0
-        self.programs = self.shared = 0  # compiled programs, and structures that runs shared
+        self.programs = 0  # compiled by the sweep's runners so far
         self.live = say is None and _live()
         if say is None and not self.live and not quiet():
             say = _to_stderr

@@ -108,8 +108,9 @@ def run_sweep(config: Config, *, progress: Callable[[str], None] | None = None
         records = _sweep_locked(config, runs, show)
     failed = sum(r.status == "failed" for r in records)
     grouped = sum(r.program is not None for r in records)
-    programs = (f"; {grouped} runs of {show.shared} structure(s), {show.programs} "
-                "program(s) compiled" if grouped > show.shared else "")  # when runs shared
+    structures = len({r.program for r in records} - {None})
+    programs = (f"; {grouped} runs of {structures} structure(s), {show.programs} "
+                "program(s) compiled" if grouped > structures else "")  # when runs shared
     show.close(f"{len(records) - failed} of {len(records)} runs done, {failed} failed; table: "
                f"{config.output.path.rstrip('/')}/{RUNS_TABLE}{programs}")
     return records
@@ -138,7 +139,6 @@ def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
     waiting = lambda: (show.tick(), log.tick(ordered))  # noqa: E731
     outcomes = run_all(todo, config.execution.parallel_runs,
                        started=lambda index: show.started(), waiting=waiting)
-    shared: set[str] = set()
     try:
         with contextlib.closing(outcomes):  # on an error or Ctrl-C, the runners stop at once
             for outcome in outcomes:
@@ -150,14 +150,12 @@ def _sweep_locked(config: Config, runs: list[SweepRun], show: SweepProgress
                                            error, run_id,
                                            None if error else _stability(run_config),
                                            outcome.program)
-                shared.add(outcome.program)
                 show.programs = outcome.programs
                 log.add(records[index], ordered)
                 show.finished(run_id, records[index].status,
                               f"FAILED: {error}" if error else f"done in {seconds:.1f} s")
     finally:  # also on an error or Ctrl-C: the table holds every run that ended
         log.close(ordered())
-    show.shared = len(shared - {None})
     return [records[i] for i in range(len(runs))]
 
 
