@@ -103,3 +103,42 @@ def test_a_signal_ends_the_sweep_and_its_ray(tmp_path, moment, signame, to_group
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+
+
+FOLLOWER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("watchdog", sys.argv[2])
+watchdog = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(watchdog)  # the module alone: it imports nothing of rayjac or Ray
+watchdog.follow(sys.argv[1])
+print("following", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("driver_ends", [True, False])
+def test_a_runner_ends_the_moment_its_driver_does(driver_ends):
+    """What keeps a sweep's runner from publishing after its driver's kill -9, whatever the
+    watchdog's poll: ``follow`` ends the follower at once (well under the watchdog's 0.5 s
+    poll); one given a driver that is already gone (a reused PID) ends before it starts."""
+    from rayjac.engine import _watchdog
+
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ident = _watchdog.identity(driver.pid)
+        if not driver_ends:
+            ident = ident.split(":")[0] + ":1"  # the same PID, another process's start time
+        follower = subprocess.Popen([sys.executable, "-c", FOLLOWER, ident, _watchdog.__file__],
+                                    stdout=subprocess.PIPE, text=True)
+        if not driver_ends:
+            assert follower.wait(timeout=30) == -signal.SIGKILL
+            assert follower.stdout.read() == ""
+            return
+        assert follower.stdout.readline().strip() == "following"
+        driver.kill()
+        start = time.monotonic()
+        assert follower.wait(timeout=10) == -signal.SIGKILL
+        assert time.monotonic() - start < 0.3
+    finally:
+        driver.kill()
+        driver.wait()

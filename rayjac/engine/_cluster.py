@@ -16,6 +16,8 @@ import warnings
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
+from . import _watchdog
+
 MAX_RETRIES = 3
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 LOST = ACTOR_LOST + (ObjectLostError,)  # a finished shard whose node died before the fetch
@@ -98,8 +100,18 @@ def _python_signal_handlers() -> dict:
     return {s: h for s, h in found.items() if callable(h)}
 
 
+_EMBEDDED: dict[str, str] = {}  # "driver": this process's identity, once it started a Ray
+
+
+def embedded_driver() -> str | None:
+    """``"PID:START"`` of this process when it started the embedded Ray in use (its workers
+    can ``_watchdog.follow`` it), else None (a joined cluster ends a dead driver's job)."""
+    return _EMBEDDED.get("driver") if ray.is_initialized() else None
+
+
 def _watch_embedded_ray() -> None:
     """Starts the watchdog that ends this embedded Ray if this process dies (see _watchdog)."""
+    _EMBEDDED["driver"] = _watchdog.identity()
     node = getattr(ray._private.worker, "_global_node", None)
     pids = [p.process.pid for procs in getattr(node, "all_processes", {}).values()
             for p in procs if p.process is not None]

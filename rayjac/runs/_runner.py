@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from ..engine import pin_to_cores
+from ..engine import follow_driver, pin_to_cores
 from ._batch import Chunk, Done
 
 
@@ -19,6 +19,8 @@ class Runner:
     and starts its own shard workers (``max_workers`` of them at most)."""
 
     def __init__(self, num_cpus: float, env: dict[str, str]):
+        if env.get("RAYJAC_DRIVER"):
+            follow_driver(env["RAYJAC_DRIVER"])
         self.cores, self._locks = pin_to_cores(num_cpus)
         # Set here rather than in a runtime_env of its own, which would cost each runner a
         # fresh worker process (seconds); JAX has not started a backend yet.

@@ -19,7 +19,7 @@ import jax
 import ray
 from ray.exceptions import RayTaskError
 
-from ..engine import ENGINE, WorkerOptions, capacity, worker_env
+from ..engine import ENGINE, WorkerOptions, capacity, embedded_driver, worker_env
 from ..engine._cluster import LOST, MAX_RETRIES, job_id
 from ._config import Config
 from ._runner import Runner
@@ -215,6 +215,8 @@ class _Runners:
 
     def new(self, shape: Shape) -> Any:
         env = worker_env(shape.num_gpus, self.x64)
+        if embedded_driver():  # a runner ends with its driver, before it can publish more
+            env["RAYJAC_DRIVER"] = embedded_driver()
         return _RemoteRunner.options(
             num_cpus=shape.num_cpus, num_gpus=shape.num_gpus, max_restarts=0,
             max_task_retries=0).remote(shape.num_cpus, env)
