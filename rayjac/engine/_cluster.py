@@ -22,6 +22,14 @@ MAX_RETRIES = 3
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 LOST = ACTOR_LOST + (ObjectLostError,)  # a finished shard whose node died before the fetch
 
+_EMBEDDED: dict[str, str] = {}  # "driver": this process's identity, once it started a Ray
+
+
+def embedded_driver() -> str | None:
+    """``"PID:START"`` of this process when it started the embedded Ray in use (its workers
+    can ``_watchdog.follow`` it), else None (a joined cluster ends a dead driver's job)."""
+    return _EMBEDDED.get("driver") if ray.is_initialized() else None
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkerOptions:
@@ -81,6 +89,7 @@ def ensure_ray(address: str | None = None) -> None:
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
                                 category=RuntimeWarning)
         handlers = _python_signal_handlers()
+        _EMBEDDED.clear()
         if address:
             ray.init(address=address, log_to_driver=True, logging_level=level)
         else:
@@ -98,15 +107,6 @@ def _python_signal_handlers() -> dict:
         return {}
     found = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     return {s: h for s, h in found.items() if callable(h)}
-
-
-_EMBEDDED: dict[str, str] = {}  # "driver": this process's identity, once it started a Ray
-
-
-def embedded_driver() -> str | None:
-    """``"PID:START"`` of this process when it started the embedded Ray in use (its workers
-    can ``_watchdog.follow`` it), else None (a joined cluster ends a dead driver's job)."""
-    return _EMBEDDED.get("driver") if ray.is_initialized() else None
 
 
 def _watch_embedded_ray() -> None:
