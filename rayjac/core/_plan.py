@@ -103,12 +103,13 @@ class SparsePlan:
         return out
 
     def flat_rows(self, k: int) -> np.ndarray | None:
-        """Where each entry of output leaf ``k`` is in its compressed rows flattened to one
-        axis (``colour * rows + row``), int32; None when that does not fit int32."""
+        """Where each entry of output leaf ``k`` is in its compressed columns flattened to one
+        axis (``row * colours + colour``), int32; None when that does not fit int32."""
         size = math.prod(self.layout.out_shapes[k])
         if self.num_colors * size >= 2**31:
             return None
-        return (self.colors[k].astype(np.int64) * size + self.rows[k]).astype(np.int32)
+        return (self.rows[k].astype(np.int64) * self.num_colors + self.colors[k]).astype(
+            np.int32)
 
     def indices(self, k: int, i: int) -> np.ndarray:
         """The N-D BCOO indices of block ``(k, i)`` (output dims, then input dims)."""
