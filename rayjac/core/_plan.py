@@ -18,6 +18,7 @@ from ..sparsity._pattern import coerce, saves_little, warn_if_dense
 from ._basis import Layout
 from ._constants import Watch, concrete
 from ._diagnose import blind_spots
+from ._products import SparseInput, holds, sparse_inputs
 
 
 class SparseShard(NamedTuple):
@@ -52,6 +53,8 @@ class SparsePlan:
     colors: tuple[np.ndarray, ...]  # per output leaf: colour of the entry's column
     spans: tuple[tuple[tuple[int, int], ...], ...]
     entries: tuple[np.ndarray, ...]  # per output leaf: the entry's index in ``pattern``
+    # Read-only matrices (by index in ``state``) whose products run on their nonzeros
+    products: dict[int, SparseInput] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(cls, pattern: Sparsity, layout: Layout) -> SparsePlan:
@@ -199,7 +202,8 @@ def _plan_detected(program: Any, found: _Found, diff: list, const: list,
     if saves_little(pattern):
         causes, better = blind_spots(program, found, diff, const, state, pattern.num_colors)
     warn_if_dense(pattern, causes, better)
-    return SparsePlan.build(pattern, program.layout)
+    return dataclasses.replace(SparsePlan.build(pattern, program.layout),
+                               products=sparse_inputs(found.watch, state))
 
 
 def refresh(program: Any, option: Any, diff: list, const: list, state: list) -> Any:
@@ -229,9 +233,13 @@ def refresh(program: Any, option: Any, diff: list, const: list, state: list) -> 
         found = _detect(program, diff, const, state)
         if np.array_equal(found.rows, pattern.rows) and np.array_equal(found.cols,
                                                                         pattern.cols):
-            pattern._watch = found.watch  # the same pattern: keep the compiled program
-            return program
-        new = dataclasses.replace(program, plan=_plan_detected(program, found, diff, const,
-                                                               state))
+            pattern._watch = found.watch  # the same pattern: keep the compiled program,
+            if holds(program.plan.products, state):  # unless its matrices' zeros moved
+                return program
+            plan = dataclasses.replace(program.plan,
+                                       products=sparse_inputs(found.watch, state))
+        else:
+            plan = _plan_detected(program, found, diff, const, state)
+        new = dataclasses.replace(program, plan=plan)
     program.variants[unknown] = new
     return new

@@ -19,6 +19,7 @@ from jax import lax
 from jax.experimental import sparse
 
 from ._basis import Layout, chunking, split_range, weakly_typed
+from ._products import with_products
 from ._variables import StateTrace, Variable
 
 if TYPE_CHECKING:
@@ -188,7 +189,12 @@ class TangentProgram:
         return out[0], out[1]
 
     def _output_leaves(self, const: list, state: list) -> Callable:
-        return lambda diff: jax.tree_util.tree_leaves(self.pure(diff, const, state)[0])
+        """The output leaves as a function of ``diff``; when sparse, products with the plan's
+        sparse read-only matrices run on their nonzeros (``_products``)."""
+        leaves = lambda d, s: jax.tree_util.tree_leaves(self.pure(d, const, s)[0])  # noqa
+        if self.plan is None or not self.plan.products:
+            return lambda diff: leaves(diff, state)
+        return lambda diff: with_products(leaves, diff, state, self.plan.products)(diff)
 
     @property
     def size(self) -> int:

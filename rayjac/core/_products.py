@@ -1,0 +1,163 @@
+"""Products with a sparse read-only matrix, computed on its nonzeros in a sparse call's kernel.
+
+A network model keeps its connectivity ``W`` (n x n, ~1 % nonzero) in a Variable that ``func``
+only reads, and computes ``W @ r``. Its detected pattern already holds only ``W``'s nonzeros
+(SPEC 1.6), but the JVPs of the colours still run the dense product: n^2 x colours
+multiply-adds (33 GFLOP at n = 16384 and 61 colours), almost all of them with zeros. Where
+such a matrix enters a ``dot_general`` directly, the kernel instead gathers its nonzeros (at
+indices fixed with the plan) and sums their products per row: nnz x colours.
+
+The result is the same Jacobian up to rounding (the sums run in another order). The indices
+hold as long as the plan does: ``refresh`` detects again when the matrix's zeros change, and
+keeps a program only while its matrices' zeros are those it was built for (``holds``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+from ._constants import Watch, concrete, fingerprint
+
+# Matrices below this many elements keep the dense product (it costs next to nothing); above
+# ``_MAX_DENSITY`` nonzero the gather and scatter cost more than the product's arithmetic
+# saves; above ``_MAX_NNZ`` entries the indices, compile-time constants, would swell the
+# program.
+_MIN_SIZE = 1 << 16
+_MAX_DENSITY = 1 / 64
+_MAX_NNZ = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SparseInput:
+    """Where a read-only matrix is nonzero (row-major order), and a digest of that mask."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    shape: tuple[int, int]
+    mask: bytes
+
+
+def sparse_inputs(watch: Watch, state: list) -> dict[int, SparseInput]:
+    """The read-only Variables (by index in ``state``) whose products a kernel computes on
+    their nonzeros: those a detected pattern depends on (``watch``: their zeros are checked
+    before every call), concrete, 2-D, inexact, large and sparse enough."""
+    found = {}
+    for index, _, kind, digest in watch.entries:
+        value = state[index]
+        if not (concrete(value) and np.ndim(value) == 2 and np.size(value) >= _MIN_SIZE
+                and jnp.issubdtype(value.dtype, jnp.inexact)):
+            continue
+        host = np.asarray(value)
+        if np.count_nonzero(host) > min(host.size * _MAX_DENSITY, _MAX_NNZ):
+            continue
+        rows, cols = np.nonzero(host)
+        mask = digest if kind == "mask" else fingerprint(host, "mask")
+        found[index] = SparseInput(rows.astype(np.int32), cols.astype(np.int32),
+                                   host.shape, mask)
+    return found
+
+
+def holds(products: dict[int, SparseInput], state: list) -> bool:
+    """Whether every matrix of ``products`` is still zero exactly where it was."""
+    return all(concrete(state[i]) and fingerprint(state[i], "mask") == p.mask
+               for i, p in products.items())
+
+
+def with_products(fn: Callable, diff: list, state: list,
+                  products: dict[int, SparseInput]) -> Callable:
+    """``fn(diff, state)`` as a function of ``diff`` whose products with the matrices of
+    ``products`` run on their nonzeros; ``fn`` itself where none enters a ``dot_general``
+    directly (also inside a nested ``jit``)."""
+    spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
+    closed = jax.make_jaxpr(fn)(list(map(spec, diff)), list(map(spec, state)))
+    invars = closed.jaxpr.invars[len(diff):]
+    targets = {invars[i]: p for i, p in products.items()}
+    if not _reaches(closed.jaxpr, targets):
+        return lambda d: fn(d, state)
+    return lambda d: _eval(closed.jaxpr, closed.consts, [*d, *state], targets)
+
+
+def _nested(eqn: Any) -> jcore.ClosedJaxpr | None:
+    """The body of a nested ``jit``, which ``_eval`` walks into."""
+    body = eqn.params.get("jaxpr") if eqn.primitive.name in ("pjit", "jit") else None
+    return body if isinstance(body, jcore.ClosedJaxpr) else None
+
+
+def _is_product(eqn: Any, targets: dict) -> bool:
+    if eqn.primitive.name != "dot_general":
+        return False
+    (contract, _), (batch, _) = eqn.params["dimension_numbers"]  # lhs's, rhs's likewise
+    ours = [isinstance(v, jcore.Var) and v in targets for v in eqn.invars]
+    return sum(ours) == 1 and not batch and len(contract) == 1
+
+
+def _reaches(jaxpr: jcore.Jaxpr, targets: dict) -> bool:
+    """Whether a product with a target happens in ``jaxpr`` or a nested ``jit`` of it."""
+    for eqn in jaxpr.eqns:
+        if _is_product(eqn, targets):
+            return True
+        body = _nested(eqn)
+        if body is not None and _reaches(body.jaxpr, _inner(eqn, body, targets)):
+            return True
+    return False
+
+
+def _inner(eqn: Any, body: jcore.ClosedJaxpr, targets: dict) -> dict:
+    """The targets as the nested body's variables."""
+    return {inner: targets[outer] for outer, inner in zip(eqn.invars, body.jaxpr.invars)
+            if isinstance(outer, jcore.Var) and outer in targets}
+
+
+def _eval(jaxpr: jcore.Jaxpr, consts: list, args: list, targets: dict) -> list:
+    """``jaxpr`` on ``args`` (JAX's own evaluation, equation by equation), with each product
+    of a target computed on its nonzeros."""
+    env: dict = dict(zip(jaxpr.constvars, consts)) | dict(zip(jaxpr.invars, args))
+    read = lambda v: v.val if isinstance(v, jcore.Literal) else env[v]  # noqa: E731
+    for eqn in jaxpr.eqns:
+        values = [read(v) for v in eqn.invars]
+        body = _nested(eqn)
+        if _is_product(eqn, targets):
+            out = [_sparse_dot(eqn, values, [targets.get(v) for v in eqn.invars])]
+        elif body is not None and _reaches(body.jaxpr, inner := _inner(eqn, body, targets)):
+            out = _eval(body.jaxpr, body.consts, values, inner)
+        else:
+            params = eqn.primitive.get_bind_params(eqn.params)
+            with getattr(getattr(eqn, "ctx", None), "manager", contextlib.nullcontext()):
+                out = eqn.primitive.bind(*values, **params)
+            out = out if eqn.primitive.multiple_results else [out]
+        env.update(zip(eqn.outvars, out))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _sparse_dot(eqn: Any, values: list, found: list) -> jax.Array:
+    """``dot_general(lhs, rhs)`` where one side is a target matrix ``W`` with one contracting
+    axis: per free index of ``W``, its nonzeros (padded to the longest such row, ELLPACK)
+    times the other side's matching slices, summed. No scatter: gathers and a reduction."""
+    contract, _ = eqn.params["dimension_numbers"]  # (lhs's axes, rhs's axes)
+    side = 0 if found[0] is not None else 1
+    sparse, other, axis = found[side], values[1 - side], contract[1 - side][0]
+    w_axis = contract[side][0]
+    free, summed = (sparse.rows, sparse.cols) if w_axis == 1 else (sparse.cols, sparse.rows)
+    count = sparse.shape[1 - w_axis]
+    order = np.argsort(free, kind="stable")
+    free, summed = free[order], summed[order]
+    degree = np.bincount(free, minlength=count)
+    width = max(int(degree.max(initial=0)), 1)
+    slot = np.arange(free.size) - np.repeat(np.cumsum(degree) - degree, degree)
+    index = np.zeros((count, width), np.int32)
+    index[free, slot] = summed
+    valid = np.zeros((count, width), bool)
+    valid[free, slot] = True
+    at = (index, np.broadcast_to(np.arange(count, dtype=np.int32)[:, None], index.shape))
+    dtype = eqn.outvars[0].aval.dtype
+    weights = jnp.where(valid, values[side][at if w_axis == 0 else at[::-1]], 0).astype(dtype)
+    slices = jnp.moveaxis(other, axis, 0)[index].astype(dtype)  # (count, width, *rest)
+    out = (weights.reshape(weights.shape + (1,) * (slices.ndim - 2)) * slices).sum(axis=1)
+    return out if side == 0 else jnp.moveaxis(out, 0, -1)  # dot_general: lhs free axes first
