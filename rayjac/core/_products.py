@@ -79,9 +79,15 @@ def with_products(fn: Callable, diff: list, state: list,
     closed = jax.make_jaxpr(fn)(list(map(spec, diff)), list(map(spec, state)))
     invars = closed.jaxpr.invars[len(diff):]
     targets = {invars[i]: p for i, p in products.items()}
+    plain = lambda d: fn(d, state)  # noqa: E731
     if not _reaches(closed.jaxpr, targets):
-        return lambda d: fn(d, state)
-    return lambda d: _eval(closed.jaxpr, closed.consts, [*d, *state], targets)
+        return plain
+    sparse = lambda d: _eval(closed.jaxpr, closed.consts, [*d, *state], targets)  # noqa
+    try:  # an equation this walk cannot replay (a JAX version's call primitive): keep dense
+        jax.eval_shape(sparse, list(map(spec, diff)))
+    except Exception:  # noqa: BLE001 - the dense product is always right
+        return plain
+    return sparse
 
 
 def _nested(eqn: Any) -> jcore.ClosedJaxpr | None:
@@ -128,9 +134,10 @@ def _eval(jaxpr: jcore.Jaxpr, consts: list, args: list, targets: dict) -> list:
         elif body is not None and _reaches(body.jaxpr, inner := _inner(eqn, body, targets)):
             out = _eval(body.jaxpr, body.consts, values, inner)
         else:
-            params = eqn.primitive.get_bind_params(eqn.params)
+            params = eqn.primitive.get_bind_params(eqn.params)  # older JAX: (subfuns, params)
+            subfuns, params = params if isinstance(params, tuple) else ((), params)
             with getattr(getattr(eqn, "ctx", None), "manager", contextlib.nullcontext()):
-                out = eqn.primitive.bind(*values, **params)
+                out = eqn.primitive.bind(*subfuns, *values, **params)
             out = out if eqn.primitive.multiple_results else [out]
         env.update(zip(eqn.outvars, out))
     return [read(v) for v in jaxpr.outvars]
