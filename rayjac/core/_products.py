@@ -146,7 +146,8 @@ def _eval(jaxpr: jcore.Jaxpr, consts: list, args: list, targets: dict) -> list:
 def _sparse_dot(eqn: Any, values: list, found: list) -> jax.Array:
     """``dot_general(lhs, rhs)`` where one side is a target matrix ``W`` with one contracting
     axis: per free index of ``W``, its nonzeros (padded to the longest such row, ELLPACK)
-    times the other side's matching slices, summed. No scatter: gathers and a reduction."""
+    times the other side's matching slices, summed one slot at a time, so that nothing larger
+    than the output is ever held (the tangents of all colours pass through at once)."""
     contract, _ = eqn.params["dimension_numbers"]  # (lhs's axes, rhs's axes)
     side = 0 if found[0] is not None else 1
     sparse, other, axis = found[side], values[1 - side], contract[1 - side][0]
@@ -158,13 +159,19 @@ def _sparse_dot(eqn: Any, values: list, found: list) -> jax.Array:
     degree = np.bincount(free, minlength=count)
     width = max(int(degree.max(initial=0)), 1)
     slot = np.arange(free.size) - np.repeat(np.cumsum(degree) - degree, degree)
-    index = np.zeros((count, width), np.int32)
-    index[free, slot] = summed
-    valid = np.zeros((count, width), bool)
-    valid[free, slot] = True
-    at = (index, np.broadcast_to(np.arange(count, dtype=np.int32)[:, None], index.shape))
+    index = np.zeros((width, count), np.int32)  # slot-major: one slot's row is contiguous
+    index[slot, free] = summed
+    valid = np.zeros((width, count), bool)
+    valid[slot, free] = True
+    at = (index, np.broadcast_to(np.arange(count, dtype=np.int32), index.shape))
     dtype = eqn.outvars[0].aval.dtype
     weights = jnp.where(valid, values[side][at if w_axis == 0 else at[::-1]], 0).astype(dtype)
-    slices = jnp.moveaxis(other, axis, 0)[index].astype(dtype)  # (count, width, *rest)
-    out = (weights.reshape(weights.shape + (1,) * (slices.ndim - 2)) * slices).sum(axis=1)
+    slices = jnp.moveaxis(other, axis, 0).astype(dtype)  # (contracted, *rest)
+    index = jnp.asarray(index)
+    pad = (1,) * (slices.ndim - 1)
+
+    def add_slot(k, total):
+        return total + weights[k].reshape((count,) + pad) * slices[index[k]]
+
+    out = jax.lax.fori_loop(0, width, add_slot, jnp.zeros((count,) + slices.shape[1:], dtype))
     return out if side == 0 else jnp.moveaxis(out, 0, -1)  # dot_general: lhs free axes first
