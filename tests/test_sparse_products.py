@@ -151,3 +151,10 @@ def test_sharded(ray_local, products):
     w = rayjac.Variable(jnp.asarray(connectivity(8)))
     f = lambda x: -x + w.value @ jnp.tanh(x)  # noqa: E731
     assert_exact(rayjac.jacfwd(f, sparsity="auto", shards=2), f)
+
+
+def test_a_closed_over_matrix(products):
+    w = jnp.asarray(connectivity(9))
+    f = lambda x: -x + w @ jnp.tanh(x)  # noqa: E731
+    assert_exact(rayjac.jacfwd(f, sparsity="auto"), f)
+    assert products

@@ -190,9 +190,10 @@ class TangentProgram:
 
     def _output_leaves(self, const: list, state: list) -> Callable:
         """The output leaves as a function of ``diff``; when sparse, products with the plan's
-        sparse read-only matrices run on their nonzeros (``_products``)."""
+        sparse read-only matrices, or sparse constants, run on their nonzeros
+        (``_products``)."""
         leaves = lambda d, s: jax.tree_util.tree_leaves(self.pure(d, const, s)[0])  # noqa
-        if self.plan is None or not self.plan.products:
+        if self.plan is None:
             return lambda diff: leaves(diff, state)
         return lambda diff: with_products(leaves, diff, state, self.plan.products)(diff)
 
