@@ -176,7 +176,11 @@ def _sparse_dot(eqn: Any, values: list, found: list) -> jax.Array:
     valid[slot, free] = True
     at = (index, np.broadcast_to(np.arange(count, dtype=np.int32), index.shape))
     dtype = eqn.outvars[0].aval.dtype
-    weights = jnp.where(valid, values[side][at if w_axis == 0 else at[::-1]], 0).astype(dtype)
+    at = at if w_axis == 0 else at[::-1]
+    if concrete(values[side]):  # a constant: only its nonzeros enter the program, not all of it
+        weights = jnp.asarray(np.where(valid, np.asarray(values[side])[at], 0).astype(dtype))
+    else:
+        weights = jnp.where(valid, values[side][at], 0).astype(dtype)
     slices = jnp.moveaxis(other, axis, 0).astype(dtype)  # (contracted, *rest)
     index = jnp.asarray(index)
     pad = (1,) * (slices.ndim - 1)
