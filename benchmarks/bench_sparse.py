@@ -21,6 +21,8 @@ Columns:
 The network cases hold a random connectivity (16 inputs per unit, 0.1 % at n = 16384) as a dense
 matrix, in a Variable that f only reads ("network_variable") or closed over ("network_closure"):
 both must give the same nnz and colours, since a read-only Variable is a constant of the call.
+rayjac's kernel runs the product with W on W's nonzeros (rayjac/core/_products.py); sparsejac,
+given the same pattern, runs the dense product once per colour.
   speed-up          dense warm / rayjac warm
   ... peak MiB      peak RSS during the first call, above the resting RSS of the process
   max err           relative to max |J|: rayjac J v against jax.jvp for two random v; sparsejac
