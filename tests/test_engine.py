@@ -140,12 +140,6 @@ def test_worker_killed_mid_shard_is_retried(tmp_path):
     tree_allclose(got, rayjac.jacfwd(f)(x), rtol=0, atol=0)
 
 
-def test_missing_gpus_is_a_clear_error():
-    jf = rayjac.jacfwd(lambda x: x * 2, shards=2)
-    with pytest.raises(ValueError, match=r"num_gpus=1.*has 0 GPU"):
-        list(jf.stream((jnp.ones(3),), workers=engine.WorkerOptions(num_gpus=1)).shards)
-
-
 def test_sharded_call_inside_jit_is_an_error():
     jf = rayjac.jacfwd(lambda x: x * 2, shards=2)
     with pytest.raises(TypeError, match="outermost call"):
@@ -175,7 +169,8 @@ def test_workers_pin_distinct_cores():
 _MULTI_NODE = """
     import os, threading, time, tempfile, traceback
     from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                             "include_dashboard": False})
     cluster.add_node(num_cpus=1, num_gpus=2)
     node = cluster.add_node(num_cpus=1)
     import ray
@@ -332,3 +327,10 @@ def test_sharded_dtypes_and_weak_types_follow_jax(f):
     want = jax.jacfwd(f)(1.0), f(jnp.asarray(1.0))
     tree_allclose(got, want)
     assert [x.weak_type for x in got] == [x.weak_type for x in want]
+
+
+# Last: a pool of another shape releases the default pool, which the tests above share.
+def test_missing_gpus_is_a_clear_error():
+    jf = rayjac.jacfwd(lambda x: x * 2, shards=2)
+    with pytest.raises(ValueError, match=r"num_gpus=1.*has 0 GPU"):
+        list(jf.stream((jnp.ones(3),), workers=engine.WorkerOptions(num_gpus=1)).shards)
