@@ -42,8 +42,10 @@ def products(monkeypatch):
     original = _products._sparse_dot
 
     def counting(eqn, values, found):
-        traced.append(eqn.params["dimension_numbers"])
-        return original(eqn, values, found)
+        out = original(eqn, values, found)
+        if out is not None:
+            traced.append(eqn.params["dimension_numbers"])
+        return out
 
     monkeypatch.setattr(_products, "_sparse_dot", counting)
     return traced
@@ -157,4 +159,19 @@ def test_a_closed_over_matrix(products):
     w = jnp.asarray(connectivity(9))
     f = lambda x: -x + w @ jnp.tanh(x)  # noqa: E731
     assert_exact(rayjac.jacfwd(f, sparsity="auto"), f)
+    assert products
+
+
+def test_a_hub_row_keeps_the_dense_product(products):
+    """One row with every column would pad all rows to N slots: the dense product instead."""
+    hub = connectivity(10)
+    hub[0] = 1.0
+    w = rayjac.Variable(jnp.asarray(hub))
+    f = lambda x: -x + w.value @ jnp.tanh(x)  # noqa: E731
+    with pytest.warns(rayjac.DenseColoringWarning):  # the hub row needs N colours
+        jf = rayjac.jacfwd(f, sparsity="auto")
+        assert_exact(jf, f)
+    assert not products
+    f_t = lambda x: -x + jnp.tanh(x) @ w.value  # noqa: E731 - contracted the other way,
+    assert_exact(rayjac.jacfwd(f_t, sparsity="auto"), f_t)  # the hub row pads nothing
     assert products

@@ -28,12 +28,12 @@ from jax.extend import core as jcore
 from ._constants import Watch, concrete, fingerprint
 
 # Matrices below this many elements keep the dense product (it costs next to nothing); above
-# ``_MAX_DENSITY`` nonzero the gather and scatter cost more than the product's arithmetic
-# saves; above ``_MAX_NNZ`` entries the indices, compile-time constants, would swell the
-# program.
+# ``_MAX_DENSITY`` nonzero the gathers cost more than the product's arithmetic saves; above
+# ``_MAX_NNZ`` entries the indices, compile-time constants, would swell the program.
 _MIN_SIZE = 1 << 16
 _MAX_DENSITY = 1 / 64
 _MAX_NNZ = 1 << 22
+_MAX_PADDING = 4  # ELLPACK slots (rows x the longest row) per nonzero
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -140,8 +140,11 @@ def _eval(jaxpr: jcore.Jaxpr, consts: list, args: list, targets: dict) -> list:
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
         body = _nested(eqn)
+        product = None
         if _is_product(eqn, targets):
-            out = [_sparse_dot(eqn, values, [targets.get(v) for v in eqn.invars])]
+            product = _sparse_dot(eqn, values, [targets.get(v) for v in eqn.invars])
+        if product is not None:
+            out = [product]
         elif body is not None and _reaches(body.jaxpr, inner := _inner(eqn, body, targets)):
             out = _eval(body.jaxpr, body.consts, values, inner)
         else:
@@ -154,11 +157,12 @@ def _eval(jaxpr: jcore.Jaxpr, consts: list, args: list, targets: dict) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
-def _sparse_dot(eqn: Any, values: list, found: list) -> jax.Array:
+def _sparse_dot(eqn: Any, values: list, found: list) -> jax.Array | None:
     """``dot_general(lhs, rhs)`` where one side is a target matrix ``W`` with one contracting
     axis: per free index of ``W``, its nonzeros (padded to the longest such row, ELLPACK)
     times the other side's matching slices, summed one slot at a time, so that nothing larger
-    than the output is ever held (the tangents of all colours pass through at once)."""
+    than the output is ever held (the tangents of all colours pass through at once). None
+    where the padding would cost more than ``_MAX_PADDING`` times the nonzeros."""
     contract, _ = eqn.params["dimension_numbers"]  # (lhs's axes, rhs's axes)
     side = 0 if found[0] is not None else 1
     sparse, other, axis = found[side], values[1 - side], contract[1 - side][0]
@@ -169,6 +173,8 @@ def _sparse_dot(eqn: Any, values: list, found: list) -> jax.Array:
     free, summed = free[order], summed[order]
     degree = np.bincount(free, minlength=count)
     width = max(int(degree.max(initial=0)), 1)
+    if width * count > _MAX_PADDING * max(free.size, count):
+        return None  # a few hub rows would pad every row to theirs: the dense product
     slot = np.arange(free.size) - np.repeat(np.cumsum(degree) - degree, degree)
     index = np.zeros((width, count), np.int32)  # slot-major: one slot's row is contiguous
     index[slot, free] = summed
