@@ -9,6 +9,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAYJAC_QUIET", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+# The suite compiles well over a thousand tiny programs, where XLA's backend optimisation
+# (LLVM at -O2) costs more compile time than it saves at run time. Set before any backend
+# starts; Ray workers and the subprocesses of tests inherit it. XLA_FLAGS naming a level wins.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+
 # Functions defined in test modules are pickled by reference: workers import them too. Set at
 # import, not in the fixture, since some tests (a CLI sweep) start the embedded Ray themselves
 # and every Ray worker inherits the environment of the process that started Ray.
