@@ -64,11 +64,27 @@ def _sparse_input(value: Any, mask: bytes | None = None) -> SparseInput | None:
             and jnp.issubdtype(value.dtype, jnp.inexact)):
         return None
     host = np.asarray(value)
-    if np.count_nonzero(host) > min(host.size * _MAX_DENSITY, _MAX_NNZ):
+    flat = _nonzeros(host, min(host.size * _MAX_DENSITY, _MAX_NNZ))
+    if flat is None:
         return None
-    rows, cols = np.divmod(np.flatnonzero(host), host.shape[1])  # 1.6x np.nonzero's speed
+    rows, cols = np.divmod(flat, host.shape[1])
     return SparseInput(rows.astype(np.int32), cols.astype(np.int32), host.shape,
                        mask if mask is not None else fingerprint(host, "mask"))
+
+
+def _nonzeros(host: np.ndarray, limit: float) -> np.ndarray | None:
+    """The flat indices of the nonzeros of a matrix, None as soon as there are more than
+    ``limit``. By blocks of rows (8 Mi elements): 6x faster than ``np.flatnonzero`` on a whole
+    1 GiB float32 matrix here (0.17 s), and a dense one stops at its first block."""
+    step = max(1, (1 << 23) // max(host.shape[1], 1))
+    found, total = [], 0
+    for start in range(0, host.shape[0], step):
+        flat = np.flatnonzero(host[start:start + step] != 0)
+        total += flat.size
+        if total > limit:
+            return None
+        found.append(flat + start * host.shape[1])
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def holds(products: dict[int, SparseInput], state: list) -> bool:
