@@ -43,7 +43,7 @@ class SparseInput:
     rows: np.ndarray
     cols: np.ndarray
     shape: tuple[int, int]
-    mask: bytes
+    mask: bytes | None = None  # a Variable's, checked by ``holds``
 
 
 def sparse_inputs(watch: Watch, state: list) -> dict[int, SparseInput]:
@@ -52,14 +52,16 @@ def sparse_inputs(watch: Watch, state: list) -> dict[int, SparseInput]:
     before every call), concrete, 2-D, inexact, large and sparse enough."""
     found = {}
     for index, _, kind, digest in watch.entries:
-        sparse = _sparse_input(state[index], digest if kind == "mask" else None)
+        sparse = _sparse_input(state[index])
         if sparse is not None:
-            found[index] = sparse
+            mask = digest if kind == "mask" else fingerprint(state[index], "mask")
+            found[index] = dataclasses.replace(sparse, mask=mask)
     return found
 
 
-def _sparse_input(value: Any, mask: bytes | None = None) -> SparseInput | None:
-    """Where ``value`` is nonzero, if it is a concrete matrix large and sparse enough."""
+def _sparse_input(value: Any) -> SparseInput | None:
+    """Where ``value`` is nonzero, if it is a concrete matrix large and sparse enough (no mask
+    digest: a constant needs none, a Variable's comes from its ``Watch`` entry)."""
     if not (concrete(value) and np.ndim(value) == 2 and np.size(value) >= _MIN_SIZE
             and jnp.issubdtype(value.dtype, jnp.inexact)):
         return None
@@ -68,8 +70,7 @@ def _sparse_input(value: Any, mask: bytes | None = None) -> SparseInput | None:
     if flat is None:
         return None
     rows, cols = np.divmod(flat, host.shape[1])
-    return SparseInput(rows.astype(np.int32), cols.astype(np.int32), host.shape,
-                       mask if mask is not None else fingerprint(host, "mask"))
+    return SparseInput(rows.astype(np.int32), cols.astype(np.int32), host.shape)
 
 
 def _nonzeros(host: np.ndarray, limit: float) -> np.ndarray | None:
